@@ -1,0 +1,5 @@
+"""Placeholder: the optimized-BLAS preload (filled in by the BLAS work)."""
+
+
+def preload() -> None:
+    return None

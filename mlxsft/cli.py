@@ -1,0 +1,263 @@
+"""The `mlxsft` command line: argparse subcommands over the library.
+
+Each command parses its flags, calls one library function, and renders the result or
+the trainer's events. A `UserError` anywhere becomes `mlxsft: error: <one line>` and
+exit code 2, with no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+
+# transformers prints a PyTorch advisory at import; we use it only for tokenizers.
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+from mlxsft import __version__  # noqa: E402  (also loads the BLAS before mlx)
+from mlxsft.errors import UserError  # noqa: E402
+from mlxsft.models import DEFAULT_MODEL  # noqa: E402
+
+
+def _model_flag(parser, required=False, help_extra=""):
+    parser.add_argument("--model", default=None if not required else DEFAULT_MODEL,
+                        help="base model: a Hugging Face directory, a hub id, a .gguf file, or "
+                        f"{DEFAULT_MODEL} (default){help_extra}")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="allow a model that runs its own Python code")
+
+
+def _mask_flags(parser):
+    from mlxsft.masking import MASK_MODES
+
+    parser.add_argument("--mask", default="assistant", choices=MASK_MODES,
+                        help="what carries loss: assistant (every assistant turn with its "
+                        "end-of-turn token), last (final assistant turn), all (every token)")
+    parser.add_argument("--max-seq-len", type=int, default=1024,
+                        help="truncate longer records to this many tokens (default: 1024)")
+    parser.add_argument("--skip-invalid", action="store_true",
+                        help="skip invalid records (and count them) instead of stopping")
+
+
+# -- data check ------------------------------------------------------------------------
+def cmd_data_check(args) -> int:
+    from mlxsft.data import load_splits
+    from mlxsft.datacheck import check_split, record_json, render_record, render_summary
+    from mlxsft.masking import Masker
+    from mlxsft.models import load_tokenizer
+
+    splits = load_splits(args.data, args.skip_invalid)
+    tokenizer = load_tokenizer(args.model, args.trust_remote_code)
+    masker = Masker(tokenizer, args.mask, args.max_seq_len)
+    if not args.json:
+        for warning in masker.warnings:
+            print(f"mlxsft: warning: {warning}", file=sys.stderr)
+    color = sys.stdout.isatty() if args.color is None else args.color
+    reports = [check_split(name, data, masker) for name, data in splits.items()]
+    if args.json:
+        for report in reports:
+            for item in report.items:
+                print(json.dumps(record_json(item)))
+        print(json.dumps({"summary": [r.summary() for r in reports],
+                          "warnings": masker.warnings}))
+        return 0
+    for report in reports:
+        print(render_summary(report))
+        for item in report.items[:args.show]:
+            print(render_record(item, tokenizer, color))
+    return 0
+
+
+# -- train -----------------------------------------------------------------------------
+class ProgressPrinter:
+    """Renders trainer events: a live progress line on a terminal, plain lines otherwise."""
+
+    def __init__(self, stream=None):
+        self.stream = stream = stream or sys.stdout
+        self.tty = stream.isatty()
+        self.val_loss = None
+        self.open_line = False
+
+    def _line(self, text: str, live: bool = False) -> None:
+        if self.tty and live:
+            self.stream.write("\r\x1b[2K" + text)
+            self.open_line = True
+        else:
+            if self.open_line:
+                self.stream.write("\n")
+            self.stream.write(text + "\n")
+            self.open_line = False
+        self.stream.flush()
+
+    def __call__(self, event) -> None:
+        from mlxsft import events as ev
+
+        if isinstance(event, ev.RunStarted):
+            for message in event.messages:
+                self._line(f"note: {message}")
+            share = 100 * event.trainable_parameters / max(event.total_parameters, 1)
+            self._line(f"trainable parameters: {event.trainable_parameters:,} of "
+                       f"{event.total_parameters:,} ({share:.3f}%)")
+            self._line(f"training on {event.train_records} records, validating on "
+                       f"{event.valid_records}, for {event.total_steps} steps -> {event.run_dir}")
+        elif isinstance(event, ev.StepReport):
+            self._line(self.progress(event), live=True)
+        elif isinstance(event, ev.EvalReport):
+            self.val_loss = event.val_loss
+            self._line(f"step {event.step}: validation loss {event.val_loss:.4f} "
+                       f"({event.val_supervised_tokens} supervised tokens)")
+        elif isinstance(event, ev.CheckpointSaved):
+            label = "best adapter" if event.best else "adapter"
+            self._line(f"step {event.step}: saved {label} to {event.path}")
+        elif isinstance(event, ev.Warning):
+            self._line(f"warning: {event.message}")
+        elif isinstance(event, ev.Finished):
+            how = "stopped early" if event.stopped_early else "finished"
+            parts = [f"{how} at step {event.step} in {event.seconds:.1f}s"]
+            if event.final_train_loss is not None:
+                parts.append(f"train loss {event.final_train_loss:.4f}")
+            if event.best_val_loss is not None:
+                parts.append(f"best validation loss {event.best_val_loss:.4f}")
+            self._line("; ".join(parts) + f"; adapter: {event.adapter_dir}")
+        elif isinstance(event, ev.Failed):
+            self._line(f"mlxsft: error: {event.message}")
+
+    def progress(self, e) -> str:
+        width = 20
+        done = int(width * e.step / max(e.total_steps, 1))
+        bar = "=" * done + (">" if done < width else "") + " " * (width - done - 1)
+        rate = e.seconds / max(e.step, 1)
+        eta = int(rate * (e.total_steps - e.step))
+        val = f" val {self.val_loss:.3f}" if self.val_loss is not None else ""
+        return (f"step {e.step}/{e.total_steps} [{bar}] loss {e.train_loss:.3f}{val} "
+                f"lr {e.learning_rate:.1e} tok/s {e.tokens_per_second:.0f} "
+                f"sup/s {e.supervised_tokens_per_second:.0f} mem {e.peak_memory_gb:.2f}GB "
+                f"ETA {eta // 60}:{eta % 60:02d}")
+
+
+def cmd_train(args) -> int:
+    from mlxsft import events as ev
+    from mlxsft.config import build_config
+    from mlxsft.train import train
+
+    config = build_config(args, args.config)
+    stop = {"requested": False}
+
+    def on_sigint(signum, frame):
+        if stop["requested"]:
+            raise KeyboardInterrupt
+        stop["requested"] = True
+        print("\nmlxsft: stopping after this step and saving the adapter "
+              "(Ctrl-C again to quit now)", file=sys.stderr)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    printer = ProgressPrinter()
+    status = 0
+    try:
+        for event in train(config, should_stop=lambda: stop["requested"]):
+            printer(event)
+            if isinstance(event, ev.Failed):
+                status = 1
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return status
+
+
+# -- eval ------------------------------------------------------------------------------
+def cmd_eval(args) -> int:
+    from mlxsft.evaluate import evaluate_data
+
+    result = evaluate_data(args.data, args.model, args.adapter, args.mask, args.max_seq_len,
+                           args.batch_size, args.skip_invalid)
+    if args.json:
+        print(json.dumps(result.to_json()))
+    else:
+        label = f"{result.model} + {result.adapter}" if result.adapter else result.model
+        print(f"{label} on {result.data}: loss {result.loss:.4f} nats/token, perplexity "
+              f"{result.perplexity:.2f} ({result.supervised_tokens} supervised tokens in "
+              f"{result.records} records)")
+    return 0
+
+
+# -- env -------------------------------------------------------------------------------
+def cmd_env(args) -> int:
+    from mlxsft import doctor
+
+    report = doctor.collect()
+    print(json.dumps(report, indent=2) if args.json else doctor.render(report))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from mlxsft.config import add_arguments
+
+    parser = argparse.ArgumentParser(
+        prog="mlxsft", description="Local instruction tuning (SFT) on MLX: response-only "
+        "loss masks, LoRA/QLoRA, a compiled training step.")
+    parser.add_argument("--version", action="version", version=f"mlxsft {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("train", help="fine-tune a model on a JSONL file of demonstrations",
+                       description="Fine-tune with LoRA (or QLoRA, or full) on response-only "
+                       "masked cross-entropy. Every option can also come from --config "
+                       "run.yaml (keys are the option names); flags override the file.")
+    p.add_argument("--config", help="YAML file of options (flags given here override it)")
+    add_arguments(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("data", help="inspect training data")
+    data_sub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+    c = data_sub.add_parser("check", help="lint a dataset and show its loss masks",
+                            description="Tokenize DATA with the model's chat template exactly "
+                            "as training will, and report formats, lengths, supervised share, "
+                            "truncation, duplicates and other problems.")
+    c.add_argument("data", help="a .jsonl file or a directory with train.jsonl / valid.jsonl")
+    _model_flag(c)
+    _mask_flags(c)
+    c.add_argument("--show", type=int, default=0, metavar="N",
+                   help="print N records with masked (dim) and supervised (bold green) tokens")
+    c.add_argument("--json", action="store_true",
+                   help="one JSON object per record (line, tokens, loss_mask) and a summary")
+    c.add_argument("--color", action=argparse.BooleanOptionalAction, default=None,
+                   help="colour for --show (default: when writing to a terminal)")
+    c.set_defaults(func=cmd_data_check)
+
+    p = sub.add_parser("eval", help="response-only loss of a model (with an adapter) on data",
+                       description="Mean NLL and perplexity over supervised tokens only, "
+                       "masked exactly as in training; compare a base and its adapter.")
+    p.add_argument("data", help="a .jsonl file, or a data directory (its valid.jsonl)")
+    p.add_argument("--model", default=None, help="base model (default: the adapter's base, "
+                   f"else {DEFAULT_MODEL})")
+    p.add_argument("--adapter", default=None, help="adapter directory (a run directory, its "
+                   "best/ or a checkpoint)")
+    _mask_flags(p)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("env", help="this machine: MLX, BLAS, threads, the default model",
+                       description="Report versions, MLX's device, whether the optimized BLAS "
+                       "is in use (with a measured matmul rate), and the default model.")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_env)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"mlxsft: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("\nmlxsft: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""Typed run configuration: one dataclass is the source of the CLI flags, their --help,
+the YAML keys of `--config run.yaml`, and the resolved `config.yaml` saved in a run.
+
+Precedence: dataclass defaults < YAML file < command-line flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlxsft.errors import UserError
+from mlxsft.masking import MASK_MODES
+from mlxsft.models import DEFAULT_MODEL
+
+
+def _opt(default, help: str, choices=None, positional=False):
+    return field(default=default, metadata={"help": help, "choices": choices,
+                                            "positional": positional})
+
+
+@dataclass
+class TrainConfig:
+    data: str | None = _opt(None, "training data: a .jsonl file, or a directory with "
+                            "train.jsonl (and valid.jsonl, test.jsonl)", positional=True)
+    valid: str | None = _opt(None, "validation .jsonl (default: valid.jsonl beside the data)")
+    model: str = _opt(DEFAULT_MODEL, "base model: a Hugging Face directory, a hub id, a .gguf "
+                      f"file, or the alias {DEFAULT_MODEL} (the embedded default)")
+    out: str | None = _opt(None, "run directory for adapters, checkpoints and metrics "
+                           "(default: runs/<date>-<time>)")
+    fine_tune: str = _opt("lora", "lora (adapters on a frozen base) or full (all weights; "
+                          "small models only)", choices=("lora", "full"))
+    mask: str = _opt("assistant", "what carries loss: assistant (every assistant turn and its "
+                     "end-of-turn token), last (the final assistant turn), all (every token)",
+                     choices=MASK_MODES)
+    max_seq_len: int = _opt(1024, "truncate longer records to this many tokens (counted and "
+                            "reported)")
+    batch_size: int = _opt(4, "records per micro-batch")
+    grad_accum: int = _opt(1, "micro-batches per optimizer step; the loss is the mean over all "
+                           "supervised tokens of the accumulated batch")
+    iters: int | None = _opt(None, "optimizer steps to train (overrides --epochs)")
+    epochs: float = _opt(1.0, "passes over the training data when --iters is not given")
+    learning_rate: float = _opt(1e-4, "peak learning rate (AdamW)")
+    lr_schedule: str = _opt("cosine", "learning-rate decay after warmup",
+                            choices=("cosine", "linear", "constant"))
+    warmup: float = _opt(0.05, "warmup: a fraction of the steps (<1) or a number of steps")
+    weight_decay: float = _opt(0.0, "AdamW weight decay")
+    grad_clip: float = _opt(1.0, "clip the global gradient norm to this (0: off)")
+    lora_rank: int = _opt(8, "LoRA rank r")
+    lora_alpha: float = _opt(16.0, "LoRA alpha; the update is scaled by alpha / rank, as in "
+                             "PEFT (rank 8, alpha 16: scale 2)")
+    lora_dropout: float = _opt(0.0, "dropout on the LoRA input")
+    lora_layers: int = _opt(-1, "apply LoRA to the last N transformer layers (-1: all)")
+    lora_targets: list[str] | None = _opt(None, "module names to adapt, e.g. self_attn.q_proj "
+                                          "mlp.down_proj (default: every linear projection "
+                                          "of attention and MLP)")
+    quantize: int | None = _opt(None, "quantize the base to 4 or 8 bits on load (QLoRA)",
+                                choices=(4, 8))
+    keep_quantized: bool = _opt(False, "on Linux, keep a quantized base quantized while "
+                                "training (slow scalar kernels) instead of de-quantizing it "
+                                "to float32")
+    grad_checkpoint: bool = _opt(False, "recompute activations in the backward pass to save "
+                                 "memory")
+    seed: int = _opt(0, "random seed (data order, LoRA init, dropout)")
+    steps_per_report: int = _opt(10, "report training loss every N steps")
+    steps_per_eval: int = _opt(50, "validation loss every N steps (and at the end; 0: only "
+                               "at the end)")
+    val_batches: int = _opt(-1, "validation batches per evaluation (-1: all)")
+    steps_per_save: int = _opt(100, "save an adapter checkpoint every N steps (0: only at the "
+                               "end)")
+    skip_invalid: bool = _opt(False, "train on the valid records and count the invalid ones, "
+                              "instead of stopping at the first")
+    trust_remote_code: bool = _opt(False, "allow a model that runs its own Python code")
+
+    def resolved(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _base_type(tp):
+    """The scalar type of an annotation like `int | None` or `list[str] | None`."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _base_type(args[0])
+    return tp
+
+
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls=TrainConfig) -> None:
+    """Add one flag per field; defaults stay None so YAML values are not overridden."""
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        meta, tp = f.metadata, _base_type(hints[f.name])
+        default = f"(default: {f.default})" if f.default not in (None, False) else ""
+        help_text = f"{meta['help']} {default}".strip()
+        if meta.get("positional"):
+            parser.add_argument(f.name, nargs="?", default=None, help=help_text)
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if tp is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                                help=help_text)
+        elif typing.get_origin(tp) is list:
+            parser.add_argument(flag, nargs="+", default=None, help=help_text)
+        else:
+            parser.add_argument(flag, type=tp, default=None, choices=meta.get("choices"),
+                                help=help_text)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    import yaml
+
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"--config {path}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise UserError(f"{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of option: value")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def build_config(args: argparse.Namespace | dict, yaml_path: str | None = None,
+                 cls=TrainConfig) -> Any:
+    """Defaults < YAML < explicitly given CLI flags; values are checked against types."""
+    import difflib
+
+    names = {f.name for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    if yaml_path:
+        for key, value in load_yaml(yaml_path).items():
+            if key not in names:
+                close = difflib.get_close_matches(key, names, n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise UserError(f"{yaml_path}: unknown option '{key}'{hint}")
+            values[key] = value
+    given = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
+    values.update({k: v for k, v in given.items() if k in names and v is not None})
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in values:
+            values[f.name] = _coerce(f, _base_type(hints[f.name]), values[f.name], yaml_path)
+    return cls(**values)
+
+
+def _coerce(f: dataclasses.Field, tp, value, source):
+    where = source or "options"
+    if value is None:
+        return None
+    try:
+        if tp is bool:
+            if not isinstance(value, bool):
+                raise TypeError
+        elif typing.get_origin(tp) is list:
+            value = [str(v) for v in (value if isinstance(value, list) else [value])]
+        elif tp is float:
+            value = float(value)
+        elif tp is int:
+            if isinstance(value, bool) or float(value) != int(value):
+                raise TypeError
+            value = int(value)
+        elif tp is str:
+            value = str(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{where}: '{f.name}' must be {getattr(tp, '__name__', tp)}, "
+                        f"got {value!r}") from None
+    choices = f.metadata.get("choices")
+    if choices and value not in choices:
+        raise UserError(f"{where}: '{f.name}' must be one of "
+                        f"{', '.join(map(str, choices))}, got {value!r}")
+    return value

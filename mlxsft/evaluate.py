@@ -1,0 +1,76 @@
+"""Response-only mean NLL (and perplexity) of a model, with or without an adapter.
+
+The same masking as training, so base and tuned models are compared on exactly the
+tokens the fine-tune supervised: sum of NLL over supervised tokens / their count.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+from mlxsft.masking import Tokenized
+
+
+def mean_nll(model, items: Sequence[Tokenized], batch_size: int, max_seq_len: int,
+             pad_id: int = 0, max_batches: int = -1) -> tuple[float, int]:
+    """(mean NLL over all supervised tokens, their count), batches in length order."""
+    import mlx.core as mx
+
+    from mlxsft.batching import iterate_batches
+    from mlxsft.loss import masked_nll_sum
+
+    total, count = 0.0, 0
+    for i, batch in enumerate(iterate_batches(items, batch_size, max_seq_len, shuffle=False,
+                                              pad_id=pad_id, loop=False)):
+        if 0 <= max_batches <= i:
+            break
+        s, n = masked_nll_sum(model, mx.array(batch.tokens), mx.array(batch.loss_mask))
+        mx.eval(s, n)
+        total += s.item()
+        count += int(n.item())
+    return (total / count if count else float("nan")), count
+
+
+@dataclass
+class EvalResult:
+    data: str
+    model: str
+    adapter: str | None
+    records: int
+    supervised_tokens: int
+    loss: float
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.loss) if self.loss < 700 else float("inf")
+
+    def to_json(self) -> dict:
+        return {"data": self.data, "model": self.model, "adapter": self.adapter,
+                "records": self.records, "supervised_tokens": self.supervised_tokens,
+                "loss": self.loss, "perplexity": self.perplexity}
+
+
+def evaluate_data(data: str, model: str | None = None, adapter: str | None = None,
+                  mask: str = "assistant", max_seq_len: int = 1024, batch_size: int = 4,
+                  skip_invalid: bool = False, loaded=None) -> EvalResult:
+    """Load the model (+ adapter), mask the data as training does, and average the NLL."""
+    from mlxsft.adapters import load_for_inference
+    from mlxsft.data import load_splits
+    from mlxsft.errors import UserError
+    from mlxsft.masking import Masker, encode_records
+
+    loaded = loaded or load_for_inference(model, adapter)
+    splits = load_splits(data, skip_invalid)
+    # A data directory is evaluated on its held-out split when it has one.
+    split = splits.get("valid") or splits.get("test") or splits["train"]
+    masker = Masker(loaded.tokenizer, mask, max_seq_len)
+    encoded = encode_records(masker, split.records, skip_invalid)
+    if not encoded.items:
+        raise UserError(f"{split.path}: no record has supervised tokens to evaluate")
+    tok = loaded.tokenizer
+    pad = tok.pad_token_id if getattr(tok, "pad_token_id", None) is not None else 0
+    loaded.model.eval()
+    loss, n = mean_nll(loaded.model, encoded.items, batch_size, max_seq_len, pad)
+    return EvalResult(split.path, loaded.source, adapter, len(encoded.items), n, loss)

@@ -1,0 +1,88 @@
+"""LoRA on an mlx-lm model, in the adapter format mlx-lm reads.
+
+The layers themselves are mlx-lm's (`mlx_lm.tuner.lora.LoRALinear`: it wraps both
+`nn.Linear` and `nn.QuantizedLinear`, so QLoRA needs nothing more), applied with
+`linear_to_lora_layers`, so `mlx_lm.load(model, adapter_path=DIR)` loads what we
+write unchanged. The update is y = W x + scale * B A x with scale = alpha / rank, the
+PEFT convention; A starts random and B at zero, so training starts from the base.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mlx.nn as nn
+from mlx.utils import tree_flatten
+
+from mlxsft.errors import UserError
+
+
+@dataclass
+class LoraSpec:
+    rank: int
+    alpha: float
+    dropout: float
+    num_layers: int  # the last N transformer layers
+    keys: list[str]  # module paths relative to a layer, e.g. "self_attn.q_proj"
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+    def mlx_lm_parameters(self) -> dict:
+        return {"rank": self.rank, "scale": self.scale, "dropout": self.dropout,
+                "keys": self.keys}
+
+
+def linear_keys(model) -> list[str]:
+    """Every linear projection inside a transformer layer (attention and MLP)."""
+    keys = set()
+    for layer in model.layers:
+        for name, module in layer.named_modules():
+            if isinstance(module, (nn.Linear, nn.QuantizedLinear)):
+                keys.add(name)
+    return sorted(keys)
+
+
+def lora_spec(model, rank: int, alpha: float, dropout: float, layers: int,
+              targets: list[str] | None) -> LoraSpec:
+    available = linear_keys(model)
+    n_layers = len(model.layers)
+    if rank < 1:
+        raise UserError(f"--lora-rank {rank}: must be at least 1")
+    if layers == -1 or layers > n_layers:
+        layers = n_layers
+    if layers < 1:
+        raise UserError(f"--lora-layers {layers}: must be -1 (all) or 1..{n_layers}")
+    keys = available
+    if targets:
+        # Accept short names ("q_proj") as well as layer-relative paths.
+        keys = sorted({k for t in targets for k in available if k == t or k.endswith("." + t)})
+        unknown = [t for t in targets if not any(k == t or k.endswith("." + t) for k in available)]
+        if unknown:
+            raise UserError(f"--lora-targets: no module named {unknown[0]!r} in this model; "
+                            f"choose from {', '.join(available)}")
+    return LoraSpec(rank, alpha, dropout, layers, keys)
+
+
+def apply_lora(model, spec: LoraSpec) -> None:
+    """Freeze the base and insert LoRA layers (in place)."""
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    model.freeze()
+    linear_to_lora_layers(model, spec.num_layers, spec.mlx_lm_parameters())
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts; quantized weights count as unpacked values."""
+    params = dict(tree_flatten(model.parameters()))
+    total = 0
+    for path, module in model.named_modules():
+        if isinstance(module, (nn.QuantizedLinear, nn.QuantizedEmbedding)):
+            prefix = f"{path}." if path else ""
+            for leaf in ("weight", "scales", "biases"):
+                params.pop(prefix + leaf, None)
+            total += module.weight.size * 32 // module.bits
+    total += sum(p.size for p in params.values())
+    trainable = sum(p.size for _, p in tree_flatten(model.trainable_parameters()))
+    return trainable, total

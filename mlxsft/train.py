@@ -1,0 +1,368 @@
+"""The training run: data -> masked batches -> one compiled step -> adapters on disk.
+
+`train(config)` is a generator of `mlxsft.events` objects; it prints nothing and knows
+no UI. It also appends every event to RUN/metrics.jsonl, the stream the TUI and scripts
+read. Everything MLX happens on the calling thread (MLX streams are thread-local).
+
+The step is compiled once per bucket shape with explicit state (model, optimizer, RNG).
+The loss is the NLL summed over supervised tokens; gradients are divided by the number
+of supervised tokens in the whole accumulated batch, so accumulation over micro-batches
+equals one big batch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import partial
+from pathlib import Path
+from typing import Callable, Iterator
+
+from mlxsft import __version__
+from mlxsft import events as ev
+from mlxsft.checkpoints import MetricsLog, atomic_write_text, file_sha256, save_adapter
+from mlxsft.config import TrainConfig
+from mlxsft.data import load_splits, read_jsonl
+from mlxsft.errors import UserError
+from mlxsft.masking import Masker, encode_records
+
+
+@dataclass
+class PreparedData:
+    train: list
+    valid: list
+    files: list[dict]
+    messages: list[str] = field(default_factory=list)
+
+
+def prepare_data(config: TrainConfig, tokenizer) -> PreparedData:
+    """Read, validate, tokenize and mask the training and validation data."""
+    if not config.data:
+        raise UserError("no training data: pass DATA (a .jsonl file or a directory with "
+                        "train.jsonl)")
+    splits = load_splits(config.data, config.skip_invalid)
+    train_file = splits["train"]
+    valid_file = read_jsonl(config.valid, config.skip_invalid) if config.valid else splits.get("valid")
+    masker = Masker(tokenizer, config.mask, config.max_seq_len)
+    messages = list(masker.warnings)
+    out = {}
+    files = []
+    for name, data in (("train", train_file), ("valid", valid_file)):
+        if data is None:
+            continue
+        encoded = encode_records(masker, data.records, config.skip_invalid)
+        files.append({"split": name, "path": data.path, "sha256": file_sha256(data.path),
+                      "records": len(data.records)})
+        if data.skipped:
+            messages.append(f"{data.path}: skipped {len(data.skipped)} invalid records "
+                            f"(first: {data.skipped[0]})")
+        if encoded.failed:
+            messages.append(f"{data.path}: skipped {len(encoded.failed)} records that cannot "
+                            f"be masked (first: {encoded.failed[0]})")
+        if encoded.truncated:
+            messages.append(f"{data.path}: truncated {encoded.truncated} records to "
+                            f"--max-seq-len {config.max_seq_len}")
+        if encoded.zero_supervised:
+            lines = ", ".join(str(t.line) for t in encoded.zero_supervised[:5])
+            messages.append(f"{data.path}: excluded {len(encoded.zero_supervised)} records with "
+                            f"no supervised tokens (lines {lines})")
+        out[name] = encoded.items
+    if not out["train"]:
+        raise UserError(f"{train_file.path}: no record has supervised tokens to train on; "
+                        "check --mask and --max-seq-len (`mlxsft data check` shows the masks)")
+    return PreparedData(out["train"], out.get("valid", []), files, messages)
+
+
+def learning_rate_schedule(config: TrainConfig, total_steps: int):
+    import mlx.optimizers as optim
+
+    warmup = int(config.warmup * total_steps) if config.warmup < 1 else int(config.warmup)
+    warmup = min(warmup, max(total_steps - 1, 0))
+    peak = config.learning_rate
+    decay_steps = max(total_steps - warmup, 1)
+    if config.lr_schedule == "cosine":
+        decay = optim.cosine_decay(peak, decay_steps, end=peak * 0.1)
+    elif config.lr_schedule == "linear":
+        decay = optim.linear_schedule(peak, peak * 0.1, decay_steps)
+    else:
+        decay = lambda step: peak  # noqa: E731
+    if warmup == 0:
+        return decay
+    return optim.join_schedules([optim.linear_schedule(peak / warmup, peak, warmup), decay],
+                                [warmup])
+
+
+def default_run_dir() -> Path:
+    return Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def _checkpointed(layer) -> None:
+    """Recompute this layer's activations in the backward pass (this instance only)."""
+    import mlx.core as mx
+
+    cls = type(layer)
+    call = cls.__call__
+
+    def checkpointed_call(self, *args, **kwargs):
+        def inner(params, *args, **kwargs):
+            self.update(params)
+            return call(self, *args, **kwargs)
+
+        return mx.checkpoint(inner)(self.trainable_parameters(), *args, **kwargs)
+
+    layer.__class__ = type(f"Checkpointed{cls.__name__}", (cls,), {"__call__": checkpointed_call})
+
+
+class Trainer:
+    """Owns the model, optimizer and compiled step of one run; `run()` yields events."""
+
+    def __init__(self, config: TrainConfig, loaded=None, should_stop: Callable[[], bool] | None = None):
+        self.config = config
+        self.loaded = loaded
+        self.should_stop = should_stop or (lambda: False)
+        self.run_dir = Path(config.out) if config.out else default_run_dir()
+
+    # -- setup -----------------------------------------------------------------------
+    def _setup(self) -> list[str]:
+        import mlx.core as mx
+
+        from mlxsft.lora import apply_lora, count_parameters, lora_spec
+        from mlxsft.models import load_model, to_compute_precision
+
+        config = self.config
+        if self.run_dir.exists() and any(self.run_dir.iterdir()):
+            raise UserError(f"--out {self.run_dir}: already holds files; choose a new run "
+                            "directory so nothing is overwritten")
+        mx.random.seed(config.seed)
+        if self.loaded is None:
+            self.loaded = load_model(config.model, quantize=config.quantize,
+                                     trust_remote_code=config.trust_remote_code)
+        to_compute_precision(self.loaded, config.keep_quantized)
+        self.data = prepare_data(config, self.loaded.tokenizer)
+        model = self.loaded.model
+        if config.fine_tune == "full":
+            if self.loaded.quantization and not _dequantized(model):
+                raise UserError("--fine-tune full needs a full-precision base; drop --quantize "
+                                "or use --fine-tune lora (QLoRA)")
+            model.unfreeze()
+            self.lora = None
+        else:
+            self.lora = lora_spec(model, config.lora_rank, config.lora_alpha, config.lora_dropout,
+                                  config.lora_layers, config.lora_targets)
+            apply_lora(model, self.lora)
+        if config.grad_checkpoint:
+            for layer in model.layers:
+                _checkpointed(layer)
+        self.trainable, self.total = count_parameters(model)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        import yaml
+
+        atomic_write_text(self.run_dir / "config.yaml",
+                          yaml.safe_dump(config.resolved() | {"out": str(self.run_dir)},
+                                         sort_keys=False))
+        return self.loaded.notes + self.data.messages
+
+    def adapter_config(self, step: int, val_loss: float | None = None) -> dict:
+        loaded, config = self.loaded, self.config
+        out = {"fine_tune_type": config.fine_tune}
+        if self.lora is not None:
+            out.update(num_layers=self.lora.num_layers,
+                       lora_parameters=self.lora.mlx_lm_parameters(),
+                       lora_alpha=self.lora.alpha)
+        out.update(base_model=loaded.source, base_model_path=str(loaded.path),
+                   base_model_kind=loaded.kind, base_quantization=loaded.quantization,
+                   model_type=loaded.config.get("model_type"),
+                   hidden_size=loaded.config.get("hidden_size"),
+                   num_hidden_layers=loaded.config.get("num_hidden_layers"),
+                   data=self.data.files, mask=config.mask, max_seq_len=config.max_seq_len,
+                   mlxsft_version=__version__, step=step, val_loss=val_loss)
+        return out
+
+    def save(self, directory: Path, step: int, val_loss: float | None = None) -> None:
+        from mlx.utils import tree_flatten
+
+        weights = dict(tree_flatten(self.loaded.model.trainable_parameters()))
+        save_adapter(directory, weights, self.adapter_config(step, val_loss))
+
+    # -- the compiled step -----------------------------------------------------------
+    def _build_step(self, total_steps: int):
+        import mlx.core as mx
+        import mlx.nn as nn
+        import mlx.optimizers as optim
+        from mlx.utils import tree_map
+
+        from mlxsft.loss import masked_nll_sum
+
+        model, config = self.loaded.model, self.config
+        self.schedule = learning_rate_schedule(config, total_steps)
+        self.optimizer = optim.AdamW(learning_rate=self.schedule,
+                                     weight_decay=config.weight_decay)
+        state = [model.state, self.optimizer.state, mx.random.state]
+        loss_and_grad = nn.value_and_grad(model, masked_nll_sum)
+
+        def update(grads, count):
+            grads = tree_map(lambda g: g / mx.maximum(count, 1), grads)
+            if config.grad_clip > 0:
+                grads, _ = optim.clip_grad_norm(grads, config.grad_clip)
+            self.optimizer.update(model, grads)
+
+        @partial(mx.compile, inputs=state, outputs=state)
+        def step(tokens, loss_mask):
+            (total, count), grads = loss_and_grad(model, tokens, loss_mask)
+            update(grads, count)
+            return total, count
+
+        @partial(mx.compile, inputs=state, outputs=state)
+        def micro_step(tokens, loss_mask):
+            (total, count), grads = loss_and_grad(model, tokens, loss_mask)
+            return total, count, grads
+
+        @partial(mx.compile, inputs=state, outputs=state)
+        def apply_update(grads, count):
+            update(grads, count)
+
+        self.state = state
+        self._step, self._micro, self._apply = step, micro_step, apply_update
+
+    def train_step(self, batches) -> tuple[float, int, int]:
+        """One optimizer step over grad_accum micro-batches: (loss, supervised, tokens)."""
+        import mlx.core as mx
+        from mlx.utils import tree_map
+
+        if self.config.grad_accum == 1:
+            b = next(batches)
+            total, count = self._step(mx.array(b.tokens), mx.array(b.loss_mask))
+            mx.eval(self.state, total, count)
+            return total.item() / max(count.item(), 1), int(count.item()), b.tokens_count
+        acc_total, acc_count, acc_grads, tokens = 0.0, 0, None, 0
+        for _ in range(self.config.grad_accum):
+            b = next(batches)
+            total, count, grads = self._micro(mx.array(b.tokens), mx.array(b.loss_mask))
+            acc_grads = grads if acc_grads is None else tree_map(mx.add, acc_grads, grads)
+            mx.eval(acc_grads, total, count)
+            acc_total += total.item()
+            acc_count += int(count.item())
+            tokens += b.tokens_count
+        self._apply(acc_grads, mx.array(acc_count, mx.float32))
+        mx.eval(self.state)
+        return acc_total / max(acc_count, 1), acc_count, tokens
+
+    def evaluate(self) -> tuple[float, int]:
+        from mlxsft.evaluate import mean_nll
+
+        model = self.loaded.model
+        model.eval()
+        try:
+            return mean_nll(model, self.data.valid, self.config.batch_size,
+                            self.config.max_seq_len, self._pad_id(), self.config.val_batches)
+        finally:
+            model.train()
+
+    def _pad_id(self) -> int:
+        tok = self.loaded.tokenizer
+        return tok.pad_token_id if getattr(tok, "pad_token_id", None) is not None else 0
+
+    # -- the loop --------------------------------------------------------------------
+    def run(self) -> Iterator[ev.Event]:
+        import mlx.core as mx
+
+        from mlxsft.batching import iterate_batches, steps_per_epoch
+
+        start = time.perf_counter()
+        messages = self._setup()
+        config = self.config
+        per_epoch = steps_per_epoch(len(self.data.train), config.batch_size, config.grad_accum)
+        total_steps = config.iters or max(1, math.ceil(config.epochs * per_epoch))
+        self._build_step(total_steps)
+        log = MetricsLog(self.run_dir / "metrics.jsonl")
+
+        def emit(event):
+            log.write(event.to_json())
+            return event
+
+        try:
+            yield emit(ev.RunStarted(str(self.run_dir), total_steps, self.trainable, self.total,
+                                     len(self.data.train), len(self.data.valid), messages))
+            yield from self._loop(emit, start, total_steps, per_epoch, iterate_batches)
+        finally:
+            log.close()
+
+    def _loop(self, emit, start, total_steps, per_epoch, iterate_batches):
+        import mlx.core as mx
+
+        config, model = self.config, self.loaded.model
+        model.train()
+        batches = iterate_batches(self.data.train, config.batch_size, config.max_seq_len,
+                                  seed=config.seed, pad_id=self._pad_id())
+        tokens = supervised = 0
+        window_loss = window_sup = 0.0
+        window_start, window_tokens, window_supervised = time.perf_counter(), 0, 0
+        best = last_val = last_train = None
+        step = 0
+        stopped = False
+        try:
+            for step in range(1, total_steps + 1):
+                if self.should_stop():
+                    stopped, step = True, step - 1
+                    break
+                loss, n_sup, n_tok = self.train_step(batches)
+                if not math.isfinite(loss):
+                    last_good = self._last_checkpoint()
+                    yield emit(ev.Failed(step, f"the training loss became {loss} at step {step}; "
+                                         "lower --learning-rate or check the data. The last good "
+                                         f"adapter is {last_good or 'not saved (none yet)'}",
+                                         last_good))
+                    return
+                tokens += n_tok
+                supervised += n_sup
+                window_loss += loss * n_sup
+                window_sup += n_sup
+                window_tokens += n_tok
+                window_supervised += n_sup
+                if step % config.steps_per_report == 0 or step == total_steps:
+                    now = time.perf_counter()
+                    elapsed = max(now - window_start, 1e-9)
+                    last_train = window_loss / max(window_sup, 1)
+                    yield emit(ev.StepReport(
+                        step, total_steps, step / per_epoch, last_train,
+                        float(self.schedule(mx.array(step - 1))), tokens, supervised,
+                        window_tokens / elapsed, window_supervised / elapsed, now - start,
+                        mx.get_peak_memory() / 1e9))
+                    window_loss = window_sup = 0.0
+                    window_start, window_tokens, window_supervised = now, 0, 0
+                eval_due = config.steps_per_eval and step % config.steps_per_eval == 0
+                if self.data.valid and (eval_due or step == total_steps):
+                    last_val, n_val = self.evaluate()
+                    yield emit(ev.EvalReport(step, last_val, n_val, time.perf_counter() - start))
+                    if best is None or last_val < best:
+                        best = last_val
+                        self.save(self.run_dir / "best", step, last_val)
+                        yield emit(ev.CheckpointSaved(step, str(self.run_dir / "best"), best=True))
+                if config.steps_per_save and step % config.steps_per_save == 0 and step < total_steps:
+                    path = self.run_dir / "checkpoints" / f"step-{step:06d}"
+                    self.save(path, step, last_val)
+                    yield emit(ev.CheckpointSaved(step, str(path)))
+        except KeyboardInterrupt:
+            stopped = True
+        self.save(self.run_dir, step, last_val)
+        yield emit(ev.CheckpointSaved(step, str(self.run_dir)))
+        yield emit(ev.Finished(step, str(self.run_dir), last_train, last_val, best,
+                               time.perf_counter() - start, stopped))
+
+    def _last_checkpoint(self) -> str | None:
+        found = sorted((self.run_dir / "checkpoints").glob("step-*"))
+        return str(found[-1]) if found else None
+
+
+def _dequantized(model) -> bool:
+    import mlx.nn as nn
+
+    return not any(isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding))
+                   for _, m in model.named_modules())
+
+
+def train(config: TrainConfig, loaded=None, should_stop=None) -> Iterator[ev.Event]:
+    """Run a fine-tune, yielding events; see `Trainer`."""
+    return Trainer(config, loaded, should_stop).run()
