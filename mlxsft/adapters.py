@@ -45,7 +45,10 @@ def load_for_inference(model: str | None, adapter: str | Path | None = None,
     from mlxsft.models import load_model, to_compute_precision
 
     if model is None and adapter is not None:
-        model = read_adapter_config(adapter).get("base_model")
+        recorded = read_adapter_config(adapter)
+        # A local base is recorded by absolute path, so this works from any directory.
+        path = recorded.get("base_model_path")
+        model = path if path and Path(path).exists() else recorded.get("base_model")
     loaded = load_model(model)
     to_compute_precision(loaded, keep_quantized)
     if adapter is not None:

@@ -171,7 +171,7 @@ class Trainer:
             out.update(num_layers=self.lora.num_layers,
                        lora_parameters=self.lora.mlx_lm_parameters(),
                        lora_alpha=self.lora.alpha)
-        out.update(base_model=loaded.source, base_model_path=str(loaded.path),
+        out.update(base_model=loaded.source, base_model_path=str(Path(loaded.path).resolve()),
                    base_model_kind=loaded.kind, base_quantization=loaded.quantization,
                    model_type=loaded.config.get("model_type"),
                    hidden_size=loaded.config.get("hidden_size"),
