@@ -182,6 +182,19 @@ def cmd_eval(args) -> int:
     return 0
 
 
+# -- chat ------------------------------------------------------------------------------
+def cmd_chat(args) -> int:
+    from mlxsft.chat import answer_all, interactive, load_chat_models, read_prompts
+
+    prompts = read_prompts(args.prompt, args.prompts)
+    models = load_chat_models(args.model, args.adapter, args.compare)
+    if prompts:
+        answer_all(models, prompts, args.system, args.max_tokens, args.temperature, args.json)
+    else:
+        interactive(models, args.system, args.max_tokens, args.temperature)
+    return 0
+
+
 # -- env -------------------------------------------------------------------------------
 def cmd_env(args) -> int:
     from mlxsft import doctor
@@ -237,6 +250,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("chat", help="chat with a model; --compare answers with base and tuned",
+                       description="Interactive chat with streaming tokens and the model's chat "
+                       "template, or one answer per --prompt. --compare answers every prompt "
+                       "with the base and then with the adapter, labelled [base] and [tuned].")
+    p.add_argument("--model", default=None, help="base model (default: the adapter's base, "
+                   f"else {DEFAULT_MODEL})")
+    p.add_argument("--adapter", default=None, help="adapter directory (a run directory, its "
+                   "best/ or a checkpoint)")
+    p.add_argument("--compare", action="store_true", help="answer with base and tuned")
+    p.add_argument("--prompt", action="append", metavar="TEXT",
+                   help="answer this prompt and exit (repeatable)")
+    p.add_argument("--prompts", metavar="FILE", help="a file of prompts, one per line (or "
+                   "JSON lines with a 'prompt' field)")
+    p.add_argument("--system", default=None, help="a system message for every conversation")
+    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default)")
+    p.add_argument("--json", action="store_true", help="with --prompt: one JSON object per "
+                   "prompt with each model's answer")
+    p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("env", help="this machine: MLX, BLAS, threads, the default model",
                        description="Report versions, MLX's device, whether the optimized BLAS "
