@@ -195,6 +195,17 @@ def cmd_chat(args) -> int:
     return 0
 
 
+# -- bench -----------------------------------------------------------------------------
+def cmd_bench(args) -> int:
+    from mlxsft.bench import run_bench
+
+    result = run_bench(args.model, args.batch_size, args.seq_len, args.steps, args.warmup,
+                       args.fine_tune, args.lora_rank, args.quantize, args.keep_quantized,
+                       args.grad_checkpoint, args.data)
+    print(json.dumps(result.to_json()) if args.json else result.render())
+    return 0
+
+
 # -- env -------------------------------------------------------------------------------
 def cmd_env(args) -> int:
     from mlxsft import doctor
@@ -270,6 +281,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="with --prompt: one JSON object per "
                    "prompt with each model's answer")
     p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("bench", help="time the training step: tokens/s, memory, % of peak",
+                       description="Run the real compiled training step on fixed-shape batches "
+                       "(synthetic, or cut from --data) and print tokens/s, supervised "
+                       "tokens/s, seconds/step, peak memory, and model FLOPs/token against a "
+                       "measured fp32 matmul peak. Use it to pick a batch size.")
+    p.add_argument("--model", default=None, help=f"base model (default: {DEFAULT_MODEL})")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--steps", type=int, default=10, help="timed steps (default: 10)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation)")
+    p.add_argument("--fine-tune", default="lora", choices=("lora", "full"))
+    p.add_argument("--lora-rank", type=int, default=8)
+    p.add_argument("--quantize", type=int, choices=(4, 8), default=None)
+    p.add_argument("--keep-quantized", action="store_true",
+                   help="on Linux, time quantized compute instead of de-quantized float32")
+    p.add_argument("--grad-checkpoint", action="store_true")
+    p.add_argument("--data", default=None, help="cut batches from this data instead of "
+                   "synthetic tokens")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("env", help="this machine: MLX, BLAS, threads, the default model",
                        description="Report versions, MLX's device, whether the optimized BLAS "

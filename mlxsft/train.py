@@ -128,8 +128,7 @@ class Trainer:
     def _setup(self) -> list[str]:
         import mlx.core as mx
 
-        from mlxsft.lora import apply_lora, count_parameters, lora_spec
-        from mlxsft.models import load_model, to_compute_precision
+        from mlxsft.models import load_model
 
         config = self.config
         if self.run_dir.exists() and any(self.run_dir.iterdir()):
@@ -139,8 +138,23 @@ class Trainer:
         if self.loaded is None:
             self.loaded = load_model(config.model, quantize=config.quantize,
                                      trust_remote_code=config.trust_remote_code)
-        to_compute_precision(self.loaded, config.keep_quantized)
         self.data = prepare_data(config, self.loaded.tokenizer)
+        self.prepare_model()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        import yaml
+
+        atomic_write_text(self.run_dir / "config.yaml",
+                          yaml.safe_dump(config.resolved() | {"out": str(self.run_dir)},
+                                         sort_keys=False))
+        return self.loaded.notes + self.data.messages
+
+    def prepare_model(self) -> None:
+        """Compute precision, LoRA (or unfreeze for full), gradient checkpointing."""
+        from mlxsft.lora import apply_lora, count_parameters, lora_spec
+        from mlxsft.models import to_compute_precision
+
+        config = self.config
+        to_compute_precision(self.loaded, config.keep_quantized)
         model = self.loaded.model
         if config.fine_tune == "full":
             if self.loaded.quantization and not _dequantized(model):
@@ -156,13 +170,6 @@ class Trainer:
             for layer in model.layers:
                 _checkpointed(layer)
         self.trainable, self.total = count_parameters(model)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        import yaml
-
-        atomic_write_text(self.run_dir / "config.yaml",
-                          yaml.safe_dump(config.resolved() | {"out": str(self.run_dir)},
-                                         sort_keys=False))
-        return self.loaded.notes + self.data.messages
 
     def adapter_config(self, step: int, val_loss: float | None = None) -> dict:
         loaded, config = self.loaded, self.config

@@ -1,0 +1,174 @@
+"""`mlxsft bench`: time the real training step and put it against this machine's peak.
+
+It builds the same compiled step `mlxsft train` runs (same precision choice, LoRA
+layers, loss and optimizer) and feeds it fixed-shape batches, synthetic or cut from a
+data file, so users can pick a batch size and we can track performance. Timings wrap
+`mx.eval` (the synchronisation point); warm-up steps (compilation) are not counted.
+Model FLOPs per token follow the usual accounting: a forward pass costs 2 FLOPs per
+matmul weight plus attention's 4 * context * width per layer; a full fine-tune step costs
+3x the forward (activation and weight gradients), LoRA 2x (the frozen base needs no
+weight gradients; the adapters' own FLOPs are small and ignored).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass
+class BenchResult:
+    model: str
+    fine_tune: str
+    batch_size: int
+    seq_len: int
+    steps: int
+    seconds_per_step: float
+    tokens_per_second: float
+    supervised_tokens_per_second: float
+    peak_memory_gb: float
+    flops_per_token: float
+    achieved_gflops: float
+    matmul_peak_gflops: float
+    blas: str
+
+    @property
+    def peak_fraction(self) -> float:
+        return self.achieved_gflops / self.matmul_peak_gflops if self.matmul_peak_gflops else 0.0
+
+    def to_json(self) -> dict:
+        return asdict(self) | {"peak_fraction": self.peak_fraction}
+
+    def render(self) -> str:
+        return "\n".join([
+            f"model {self.model} ({self.fine_tune}), batch {self.batch_size} x {self.seq_len} "
+            f"tokens, {self.steps} timed steps, BLAS: {self.blas}",
+            f"  seconds/step          {self.seconds_per_step:.3f}",
+            f"  tokens/s              {self.tokens_per_second:.1f}",
+            f"  supervised tokens/s   {self.supervised_tokens_per_second:.1f}",
+            f"  peak memory           {self.peak_memory_gb:.2f} GB",
+            f"  model FLOPs/token     {self.flops_per_token / 1e6:.1f} MFLOP",
+            f"  achieved              {self.achieved_gflops:.1f} GFLOP/s = "
+            f"{100 * self.peak_fraction:.1f}% of a measured fp32 matmul peak of "
+            f"{self.matmul_peak_gflops:.1f} GFLOP/s",
+        ])
+
+
+def matmul_peak_gflops(n: int = 1024, repeats: int = 5) -> float:
+    """Best of a few fp32 n x n matmuls on the default device."""
+    import mlx.core as mx
+
+    a = mx.random.normal((n, n))
+    b = mx.random.normal((n, n))
+    mx.eval(a, b, a @ b)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        mx.eval(a @ b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best / 1e9
+
+
+def flops_per_token(model, seq_len: int, fine_tune: str) -> float:
+    """Training FLOPs per token (see the module docstring)."""
+    import mlx.nn as nn
+
+    matmul_weights = 0
+    for _, module in model.named_modules():
+        if isinstance(module, nn.QuantizedLinear):
+            matmul_weights += module.weight.size * 32 // module.bits
+        elif isinstance(module, nn.Linear) and "lora" not in type(module).__name__.lower():
+            matmul_weights += module.weight.size
+    args = getattr(model, "args", None)
+    width = getattr(args, "hidden_size", 0)
+    layers = len(model.layers)
+    vocab = getattr(args, "vocab_size", 0)
+    if getattr(args, "tie_word_embeddings", False):
+        matmul_weights += vocab * width  # the tied embedding is also the output projection
+    # Causal attention: on average a token attends to half the sequence.
+    forward = 2 * matmul_weights + 4 * layers * width * (seq_len / 2)
+    return forward * (3 if fine_tune == "full" else 2)
+
+
+def synthetic_batches(batch_size: int, seq_len: int, vocab: int, seed: int = 0):
+    """Random tokens; the second half of each row supervised, like a prompt + response."""
+    from mlxsft.batching import Batch
+
+    rng = np.random.default_rng(seed)
+    while True:
+        tokens = rng.integers(0, vocab, size=(batch_size, seq_len)).astype(np.int32)
+        mask = np.zeros((batch_size, seq_len), np.float32)
+        mask[:, seq_len // 2:] = 1
+        yield Batch(tokens, mask, np.full(batch_size, seq_len))
+
+
+def run_bench(model: str | None = None, batch_size: int = 4, seq_len: int = 256,
+              steps: int = 10, warmup: int = 2, fine_tune: str = "lora", lora_rank: int = 8,
+              quantize: int | None = None, keep_quantized: bool = False,
+              grad_checkpoint: bool = False, data: str | None = None) -> BenchResult:
+    import mlx.core as mx
+
+    from mlxsft import blas
+    from mlxsft.batching import iterate_batches
+    from mlxsft.config import TrainConfig
+    from mlxsft.models import load_model
+    from mlxsft.train import Trainer, prepare_data
+
+    config = TrainConfig(data=data, model=model or TrainConfig.model, fine_tune=fine_tune,
+                         batch_size=batch_size, max_seq_len=seq_len, lora_rank=lora_rank,
+                         quantize=quantize, keep_quantized=keep_quantized,
+                         grad_checkpoint=grad_checkpoint, iters=warmup + steps)
+    trainer = Trainer(config, load_model(config.model, quantize=quantize))
+    trainer.prepare_model()
+    if data:
+        items = prepare_data(config, trainer.loaded.tokenizer).train
+        # One fixed width, so the timing measures the step and not recompilation.
+        batches = _fixed_width(iterate_batches(items, batch_size, seq_len, seed=0), seq_len)
+    else:
+        vocab = trainer.loaded.config.get("vocab_size") or 32000
+        batches = synthetic_batches(batch_size, seq_len, vocab)
+    trainer._build_step(warmup + steps)
+    for _ in range(warmup):
+        trainer.train_step(batches)
+    mx.reset_peak_memory()
+    tokens = supervised = 0
+    start = time.perf_counter()
+    for _ in range(steps):
+        _, n_sup, n_tok = trainer.train_step(batches)
+        tokens += n_tok
+        supervised += n_sup
+    seconds = time.perf_counter() - start
+    fpt = flops_per_token(trainer.loaded.model, seq_len, fine_tune)
+    status = blas.status() if hasattr(blas, "status") else "unknown"
+    return BenchResult(
+        model=trainer.loaded.source, fine_tune=fine_tune, batch_size=batch_size,
+        seq_len=seq_len, steps=steps, seconds_per_step=seconds / steps,
+        tokens_per_second=tokens / seconds, supervised_tokens_per_second=supervised / seconds,
+        peak_memory_gb=mx.get_peak_memory() / 1e9, flops_per_token=fpt,
+        achieved_gflops=fpt * tokens / seconds / 1e9, matmul_peak_gflops=matmul_peak_gflops(),
+        blas=_blas_label(status))
+
+
+def _fixed_width(batches, width: int):
+    """Pad (or cut) every batch to `width` columns."""
+    from mlxsft.batching import Batch
+
+    for b in batches:
+        tokens = np.zeros((b.tokens.shape[0], width), np.int32)
+        mask = np.zeros((b.tokens.shape[0], width), np.float32)
+        n = min(width, b.tokens.shape[1])
+        tokens[:, :n], mask[:, :n] = b.tokens[:, :n], b.loss_mask[:, :n]
+        yield Batch(tokens, mask, np.minimum(b.lengths, width))
+
+
+def _blas_label(status) -> str:
+    if isinstance(status, dict):
+        return str(status.get("backend") or status.get("name") or status)
+    for attr in ("backend", "name"):
+        if hasattr(status, attr):
+            value = getattr(status, attr)
+            active = getattr(status, "active", getattr(status, "took_effect", None))
+            return f"{value}" + ("" if active in (None, True) else " (not active)")
+    return str(status)
