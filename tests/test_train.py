@@ -162,3 +162,26 @@ def test_refuses_to_overwrite_a_run(tiny_llama, tiny_data, tmp_path, capsys):
     assert code == 2
     assert "already holds files" in capsys.readouterr().err
     assert (out / "adapters.safetensors").read_bytes() == b"precious"
+
+
+def test_gradient_checkpointing_gives_the_same_losses(tiny_llama, tiny_data, tmp_path):
+    def losses(flag, name):
+        events = run_events(data=str(tiny_data), model=str(tiny_llama), out=str(tmp_path / name),
+                            iters=4, batch_size=4, steps_per_report=1, steps_per_eval=0,
+                            grad_checkpoint=flag, learning_rate=1e-3)
+        return [e.train_loss for e in events if isinstance(e, ev.StepReport)]
+
+    plain, checkpointed = losses(False, "a"), losses(True, "b")
+    assert len(plain) == 4 and plain[0] != plain[-1]
+    assert all(abs(a - b) < 1e-4 for a, b in zip(plain, checkpointed))
+
+
+def test_same_seed_same_run(tiny_llama, tiny_data, tmp_path):
+    def losses(name, seed):
+        events = run_events(data=str(tiny_data), model=str(tiny_llama), out=str(tmp_path / name),
+                            iters=3, batch_size=4, steps_per_report=1, steps_per_eval=0,
+                            seed=seed, lora_dropout=0.1)
+        return [e.train_loss for e in events if isinstance(e, ev.StepReport)]
+
+    assert losses("a", 1) == losses("b", 1)
+    assert losses("c", 2) != losses("d", 1)
