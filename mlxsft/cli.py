@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import sys
+from pathlib import Path
 
 # transformers prints a PyTorch advisory at import; we use it only for tokenizers.
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -143,7 +144,18 @@ def cmd_train(args) -> int:
     from mlxsft.config import build_config
     from mlxsft.train import train
 
-    config = build_config(args, args.config)
+    resume_from = None
+    if args.resume:
+        from mlxsft.train import latest_saved
+
+        if args.config:
+            raise UserError("--resume takes its settings from RUN/config.yaml; drop --config "
+                            "(flags still override, e.g. --iters)")
+        resume_from = latest_saved(args.resume)
+        args.out = args.resume
+        config = build_config(args, str(Path(args.resume) / "config.yaml"))
+    else:
+        config = build_config(args, args.config)
     stop = {"requested": False}
 
     def on_sigint(signum, frame):
@@ -157,7 +169,8 @@ def cmd_train(args) -> int:
     printer = ProgressPrinter()
     status = 0
     try:
-        for event in train(config, should_stop=lambda: stop["requested"]):
+        for event in train(config, should_stop=lambda: stop["requested"],
+                           resume_from=resume_from):
             printer(event)
             if isinstance(event, ev.Failed):
                 status = 1
@@ -229,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "masked cross-entropy. Every option can also come from --config "
                        "run.yaml (keys are the option names); flags override the file.")
     p.add_argument("--config", help="YAML file of options (flags given here override it)")
+    p.add_argument("--resume", metavar="RUN", help="continue a stopped run in RUN from its last "
+                   "saved adapter and optimizer state (pass --iters to extend it)")
     add_arguments(p)
     p.set_defaults(func=cmd_train)
 

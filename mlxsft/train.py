@@ -22,11 +22,20 @@ from typing import Callable, Iterator
 
 from mlxsft import __version__
 from mlxsft import events as ev
-from mlxsft.checkpoints import MetricsLog, atomic_write_text, file_sha256, save_adapter
+from mlxsft.checkpoints import (
+    MetricsLog,
+    atomic_save_safetensors,
+    atomic_write_text,
+    file_sha256,
+    save_adapter,
+)
 from mlxsft.config import TrainConfig
 from mlxsft.data import load_splits, read_jsonl
 from mlxsft.errors import UserError
 from mlxsft.masking import Masker, encode_records
+
+
+OPTIMIZER_STATE = "optimizer.safetensors"
 
 
 @dataclass
@@ -118,11 +127,14 @@ def _checkpointed(layer) -> None:
 class Trainer:
     """Owns the model, optimizer and compiled step of one run; `run()` yields events."""
 
-    def __init__(self, config: TrainConfig, loaded=None, should_stop: Callable[[], bool] | None = None):
+    def __init__(self, config: TrainConfig, loaded=None, should_stop: Callable[[], bool] | None = None,
+                 resume_from: str | Path | None = None):
         self.config = config
         self.loaded = loaded
         self.should_stop = should_stop or (lambda: False)
         self.run_dir = Path(config.out) if config.out else default_run_dir()
+        # A saved adapter directory (with optimizer state) to continue from.
+        self.resume_from = Path(resume_from) if resume_from else None
 
     # -- setup -----------------------------------------------------------------------
     def _setup(self) -> list[str]:
@@ -131,7 +143,7 @@ class Trainer:
         from mlxsft.models import load_model
 
         config = self.config
-        if self.run_dir.exists() and any(self.run_dir.iterdir()):
+        if self.resume_from is None and self.run_dir.exists() and any(self.run_dir.iterdir()):
             raise UserError(f"--out {self.run_dir}: already holds files; choose a new run "
                             "directory so nothing is overwritten")
         mx.random.seed(config.seed)
@@ -187,11 +199,32 @@ class Trainer:
                    mlxsft_version=__version__, step=step, val_loss=val_loss)
         return out
 
-    def save(self, directory: Path, step: int, val_loss: float | None = None) -> None:
+    def save(self, directory: Path, step: int, val_loss: float | None = None,
+             with_optimizer: bool = True) -> None:
         from mlx.utils import tree_flatten
 
         weights = dict(tree_flatten(self.loaded.model.trainable_parameters()))
         save_adapter(directory, weights, self.adapter_config(step, val_loss))
+        # The optimizer's moments make a resumed run continue exactly where this one was.
+        if with_optimizer:
+            atomic_save_safetensors(directory / OPTIMIZER_STATE,
+                                    dict(tree_flatten(self.optimizer.state)))
+
+    def restore(self, directory: Path) -> int:
+        """Load adapter weights and optimizer state saved by `save`; return their step."""
+        import mlx.core as mx
+        from mlx.utils import tree_unflatten
+
+        from mlxsft.checkpoints import ADAPTER_WEIGHTS, read_adapter_config
+
+        saved = read_adapter_config(directory)
+        self.loaded.model.load_weights(list(mx.load(str(directory / ADAPTER_WEIGHTS)).items()),
+                                       strict=False)
+        if (directory / OPTIMIZER_STATE).exists():
+            # In place: the compiled step holds this very dict as its state.
+            self.optimizer.state.update(tree_unflatten(
+                list(mx.load(str(directory / OPTIMIZER_STATE)).items())))
+        return int(saved.get("step", 0))
 
     # -- the compiled step -----------------------------------------------------------
     def _build_step(self, total_steps: int):
@@ -283,6 +316,12 @@ class Trainer:
         per_epoch = steps_per_epoch(len(self.data.train), config.batch_size, config.grad_accum)
         total_steps = config.iters or max(1, math.ceil(config.epochs * per_epoch))
         self._build_step(total_steps)
+        start_step = self.restore(self.resume_from) if self.resume_from else 0
+        if start_step >= total_steps:
+            raise UserError(f"--resume {self.resume_from}: already at step {start_step} of "
+                            f"{total_steps}; pass a larger --iters to train on")
+        if start_step:
+            messages.append(f"resumed from {self.resume_from} at step {start_step}")
         log = MetricsLog(self.run_dir / "metrics.jsonl")
 
         def emit(event):
@@ -292,25 +331,27 @@ class Trainer:
         try:
             yield emit(ev.RunStarted(str(self.run_dir), total_steps, self.trainable, self.total,
                                      len(self.data.train), len(self.data.valid), messages))
-            yield from self._loop(emit, start, total_steps, per_epoch, iterate_batches)
+            yield from self._loop(emit, start, total_steps, per_epoch, iterate_batches, start_step)
         finally:
             log.close()
 
-    def _loop(self, emit, start, total_steps, per_epoch, iterate_batches):
+    def _loop(self, emit, start, total_steps, per_epoch, iterate_batches, start_step=0):
         import mlx.core as mx
 
         config, model = self.config, self.loaded.model
         model.train()
         batches = iterate_batches(self.data.train, config.batch_size, config.max_seq_len,
                                   seed=config.seed, pad_id=self._pad_id())
+        for _ in range(start_step * config.grad_accum):
+            next(batches)  # the same data order as an uninterrupted run
         tokens = supervised = 0
         window_loss = window_sup = 0.0
         window_start, window_tokens, window_supervised = time.perf_counter(), 0, 0
         best = last_val = last_train = None
-        step = 0
+        step = start_step
         stopped = False
         try:
-            for step in range(1, total_steps + 1):
+            for step in range(start_step + 1, total_steps + 1):
                 if self.should_stop():
                     stopped, step = True, step - 1
                     break
@@ -345,7 +386,7 @@ class Trainer:
                     yield emit(ev.EvalReport(step, last_val, n_val, time.perf_counter() - start))
                     if best is None or last_val < best:
                         best = last_val
-                        self.save(self.run_dir / "best", step, last_val)
+                        self.save(self.run_dir / "best", step, last_val, with_optimizer=False)
                         yield emit(ev.CheckpointSaved(step, str(self.run_dir / "best"), best=True))
                 if config.steps_per_save and step % config.steps_per_save == 0 and step < total_steps:
                     path = self.run_dir / "checkpoints" / f"step-{step:06d}"
@@ -370,6 +411,23 @@ def _dequantized(model) -> bool:
                    for _, m in model.named_modules())
 
 
-def train(config: TrainConfig, loaded=None, should_stop=None) -> Iterator[ev.Event]:
+def train(config: TrainConfig, loaded=None, should_stop=None,
+          resume_from: str | Path | None = None) -> Iterator[ev.Event]:
     """Run a fine-tune, yielding events; see `Trainer`."""
-    return Trainer(config, loaded, should_stop).run()
+    return Trainer(config, loaded, should_stop, resume_from).run()
+
+
+def latest_saved(run_dir: str | Path) -> Path:
+    """The most advanced adapter saved in a run: the run directory itself or a checkpoint."""
+    import json
+
+    from mlxsft.checkpoints import ADAPTER_CONFIG
+
+    run_dir = Path(run_dir)
+    candidates = [d for d in [run_dir, *sorted((run_dir / "checkpoints").glob("step-*"))]
+                  if (d / ADAPTER_CONFIG).exists() and (d / OPTIMIZER_STATE).exists()]
+    if not (run_dir / "config.yaml").exists() or not candidates:
+        raise UserError(f"--resume {run_dir}: not a run directory with a saved adapter and "
+                        "optimizer state (config.yaml, adapters.safetensors, "
+                        f"{OPTIMIZER_STATE})")
+    return max(candidates, key=lambda d: json.loads((d / ADAPTER_CONFIG).read_text()).get("step", 0))

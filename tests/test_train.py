@@ -35,8 +35,10 @@ def test_thirty_steps_lower_the_loss_and_write_exactly_the_run_files(tiny_llama,
         "adapter_config.json", "adapters.safetensors",
         "best/adapter_config.json", "best/adapters.safetensors",
         "checkpoints/step-000010/adapter_config.json", "checkpoints/step-000010/adapters.safetensors",
+        "checkpoints/step-000010/optimizer.safetensors",
         "checkpoints/step-000020/adapter_config.json", "checkpoints/step-000020/adapters.safetensors",
-        "config.yaml", "metrics.jsonl",
+        "checkpoints/step-000020/optimizer.safetensors",
+        "config.yaml", "metrics.jsonl", "optimizer.safetensors",
     ]
     metrics = read_metrics(out)
     assert [m["event"] for m in metrics] == kinds
@@ -185,3 +187,25 @@ def test_same_seed_same_run(tiny_llama, tiny_data, tmp_path):
 
     assert losses("a", 1) == losses("b", 1)
     assert losses("c", 2) != losses("d", 1)
+
+
+def test_resume_continues_exactly_where_the_run_stopped(tiny_llama, tiny_data, tmp_path, capsys):
+    common = ["--model", str(tiny_llama), "--batch-size", "4", "--learning-rate", "1e-3",
+              "--steps-per-report", "1", "--steps-per-eval", "0", "--lora-dropout", "0"]
+    straight = tmp_path / "straight"
+    assert main(["train", str(tiny_data), "--out", str(straight), "--iters", "6", *common]) == 0
+    first = tmp_path / "first"
+    assert main(["train", str(tiny_data), "--out", str(first), "--iters", "6",
+                 "--steps-per-save", "3", *common]) == 0
+    # Pretend the run died after step 3: only the checkpoint survives.
+    for name in ("adapters.safetensors", "adapter_config.json", "optimizer.safetensors"):
+        (first / name).unlink()
+    capsys.readouterr()
+    assert main(["train", "--resume", str(first)]) == 0
+    assert "resumed from" in capsys.readouterr().out
+    a = [m["train_loss"] for m in read_metrics(straight) if m["event"] == "train"]
+    b = [m["train_loss"] for m in read_metrics(first) if m["event"] == "train"]
+    assert len(a) == 6 and len(b) == 9  # 6 from the first attempt, 3 more after resuming
+    assert all(abs(x - y) < 1e-5 for x, y in zip(a[3:], b[6:]))
+    assert main(["train", "--resume", str(first)]) == 2
+    assert "already at step 6 of 6" in capsys.readouterr().err

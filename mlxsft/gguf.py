@@ -1,0 +1,496 @@
+"""Load a GGUF file (llama.cpp's format) as an mlx-lm model, its tokenizer and an HF-style config.
+
+The header is read here, so that a truncated download, an architecture we cannot build or
+a tensor type we cannot keep is named before any weight is read. `mx.load` reads the
+tensors: Q4_0, Q4_1 and Q8_0 arrive as MLX affine-quantized weights (group size 32, the
+same numbers llama.cpp computes with), F32/F16/BF16 as floats. They are renamed to
+mlx-lm's names, llama's q/k rows are put back in Hugging Face order, and the model is
+an `mlx_lm.models.<arch>.Model`. The tokenizer is rebuilt from the metadata with
+`tokenizers` (byte-level BPE vocabularies; the pre-tokenizer follows llama.cpp's table).
+
+It does not read K-quants or i-quants (MLX turns some into float16 on load, and its Q4_K
+values disagree with llama.cpp's reference dequantization), SentencePiece vocabularies,
+or architectures other than those in `ARCHITECTURES`; each of those is a `UserError`
+that says what to use instead. It never writes GGUF.
+"""
+
+from __future__ import annotations
+
+import importlib
+import mmap
+import re
+import struct
+from collections import Counter
+from dataclasses import dataclass
+from math import prod
+from pathlib import Path
+
+from mlxsft.errors import UserError
+
+GGUF_MAGIC = b"GGUF"
+
+# ggml tensor types: id -> (name, elements per block, bytes per block).
+GGML_TYPES = {
+    0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20),
+    6: ("Q5_0", 32, 22), 7: ("Q5_1", 32, 24), 8: ("Q8_0", 32, 34), 9: ("Q8_1", 32, 40),
+    10: ("Q2_K", 256, 84), 11: ("Q3_K", 256, 110), 12: ("Q4_K", 256, 144),
+    13: ("Q5_K", 256, 176), 14: ("Q6_K", 256, 210), 15: ("Q8_K", 256, 292),
+    16: ("IQ2_XXS", 256, 66), 17: ("IQ2_XS", 256, 74), 18: ("IQ3_XXS", 256, 98),
+    19: ("IQ1_S", 256, 50), 20: ("IQ4_NL", 32, 18), 21: ("IQ3_S", 256, 110),
+    22: ("IQ2_S", 256, 82), 23: ("IQ4_XS", 256, 136), 24: ("I8", 1, 1), 25: ("I16", 1, 2),
+    26: ("I32", 1, 4), 27: ("I64", 1, 8), 28: ("F64", 1, 8), 29: ("IQ1_M", 256, 56),
+    30: ("BF16", 1, 2), 34: ("TQ1_0", 256, 54), 35: ("TQ2_0", 256, 66), 39: ("MXFP4", 32, 17),
+}
+# The types MLX represents faithfully: quantized ones as affine (packed, scales, biases).
+QUANTIZED_TYPES = {"Q4_0": 4, "Q4_1": 4, "Q8_0": 8}
+FLOAT_TYPES = {"F32", "F16", "BF16"}
+GROUP_SIZE = 32  # every ggml block type MLX keeps quantized has 32 weights per block
+
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
+            10: "<Q", 11: "<q", 12: "<d"}
+_NUMPY = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "?",
+          10: "<u8", 11: "<i8", 12: "<f8"}
+_STRING, _ARRAY = 8, 9
+
+
+@dataclass(frozen=True)
+class GGUFTensor:
+    name: str
+    shape: tuple[int, ...]  # numpy order: rows first (ggml lists the fastest axis first)
+    type_name: str
+    offset: int  # from the start of the data section
+    nbytes: int | None  # None for a ggml type this module does not know
+
+
+@dataclass(frozen=True)
+class GGUFHeader:
+    path: Path
+    version: int
+    metadata: dict
+    tensors: tuple[GGUFTensor, ...]
+    data_start: int
+    file_size: int
+
+
+class _Truncated(Exception):
+    pass
+
+
+class _Reader:
+    """Little-endian values from a buffer; running off its end means a truncated file."""
+
+    def __init__(self, buf):
+        self.buf, self.pos = buf, 0
+
+    def unpack(self, fmt: str):
+        size = struct.calcsize(fmt)
+        if self.pos + size > len(self.buf):
+            raise _Truncated
+        value = struct.unpack_from(fmt, self.buf, self.pos)[0]
+        self.pos += size
+        return value
+
+    def string(self) -> str:
+        n = self.unpack("<Q")
+        if self.pos + n > len(self.buf):
+            raise _Truncated
+        text = bytes(self.buf[self.pos:self.pos + n]).decode("utf-8", errors="replace")
+        self.pos += n
+        return text
+
+    def value(self, kind: int):
+        if kind == _STRING:
+            return self.string()
+        if kind == _ARRAY:
+            item_kind, count = self.unpack("<I"), self.unpack("<Q")
+            if item_kind in _NUMPY:
+                import numpy as np
+
+                dtype = np.dtype(_NUMPY[item_kind])
+                if self.pos + count * dtype.itemsize > len(self.buf):
+                    raise _Truncated
+                items = np.frombuffer(self.buf, dtype, count, self.pos).tolist()
+                self.pos += count * dtype.itemsize
+                return items
+            return [self.value(item_kind) for _ in range(count)]
+        if kind not in _SCALARS:
+            raise ValueError(f"unknown metadata value type {kind}")
+        return self.unpack(_SCALARS[kind])
+
+
+def is_gguf(path) -> bool:
+    """True when `path` is a file that starts with the GGUF magic bytes (whatever its name)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == GGUF_MAGIC
+    except OSError:
+        return False
+
+
+def read_gguf_header(path) -> GGUFHeader:
+    """The metadata and tensor table of a GGUF file, checked against the file's size."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such GGUF file")
+    size = path.stat().st_size
+    if not is_gguf(path):
+        raise UserError(f"{path}: not a GGUF file (it does not start with the bytes 'GGUF'); "
+                        "pass a .gguf file from llama.cpp or a Hugging Face model directory")
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        reader = _Reader(memoryview(buf))
+        try:
+            header = _parse(reader, path, size)
+        except _Truncated:
+            raise UserError(f"{path}: truncated GGUF (the file ends inside its header, at "
+                            f"{size} bytes); the download or copy is incomplete, fetch it "
+                            "again") from None
+        except (ValueError, UnicodeDecodeError) as e:
+            raise UserError(f"{path}: corrupt GGUF header ({e})") from None
+        finally:
+            reader.buf.release()
+    for tensor in header.tensors:
+        end = header.data_start + tensor.offset + (tensor.nbytes or 0)
+        if end > size:
+            raise UserError(f"{path}: truncated GGUF (tensor {tensor.name} ends at byte {end}, "
+                            f"the file has {size}); the download or copy is incomplete, fetch "
+                            "it again")
+    return header
+
+
+def _parse(reader: _Reader, path: Path, size: int) -> GGUFHeader:
+    reader.pos = 4
+    version = reader.unpack("<I")
+    if version not in (2, 3):
+        raise ValueError(f"GGUF version {version}; only versions 2 and 3 are read")
+    n_tensors, n_kv = reader.unpack("<Q"), reader.unpack("<Q")
+    metadata = {}
+    for _ in range(n_kv):
+        key = reader.string()
+        metadata[key] = reader.value(reader.unpack("<I"))
+    tensors = []
+    for _ in range(n_tensors):
+        name = reader.string()
+        dims = [reader.unpack("<Q") for _ in range(reader.unpack("<I"))]
+        type_id, offset = reader.unpack("<I"), reader.unpack("<Q")
+        type_name, block, block_bytes = GGML_TYPES.get(type_id, (f"type {type_id}", None, None))
+        nbytes = prod(dims) // block * block_bytes if block else None
+        tensors.append(GGUFTensor(name, tuple(reversed(dims)), type_name, offset, nbytes))
+    alignment = metadata.get("general.alignment", 32)
+    data_start = -(-reader.pos // alignment) * alignment
+    return GGUFHeader(path, version, metadata, tuple(tensors), data_start, size)
+
+
+def gguf_summary(path) -> dict:
+    """What a GGUF holds, for `mlxsft env` and error messages: no weight is read."""
+    header = read_gguf_header(path)
+    md = header.metadata
+    return {
+        "path": str(header.path),
+        "architecture": md.get("general.architecture"),
+        "name": md.get("general.name"),
+        "tensor_types": dict(Counter(t.type_name for t in header.tensors).most_common()),
+        "parameters": sum(prod(t.shape) for t in header.tensors),
+        "tokenizer": md.get("tokenizer.ggml.model"),
+        "loadable": _problem(header) is None,
+    }
+
+
+# -- the model ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Architecture:
+    module: str  # mlx_lm.models.<module>
+    # llama.cpp's converter reorders llama's q/k rows for its interleaved RoPE; models it
+    # runs with NeoX-style RoPE (qwen2, qwen3) are stored as Hugging Face has them.
+    permuted_qk: bool
+
+
+ARCHITECTURES = {
+    "llama": Architecture("llama", True),  # Llama 1-3, SmolLM, Mistral 7B and their kin
+    "qwen2": Architecture("qwen2", False),
+    "qwen3": Architecture("qwen3", False),
+}
+
+_TOP_LEVEL = {"token_embd": "model.embed_tokens", "output_norm": "model.norm",
+              "output": "lm_head"}
+_IN_BLOCK = {
+    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+}
+
+
+def mlx_name(gguf_name: str) -> str | None:
+    """The mlx-lm parameter name for a GGUF tensor (or an MLX `.scales`/`.biases` part)."""
+    base, _, suffix = gguf_name.rpartition(".")
+    if m := re.fullmatch(r"blk\.(\d+)\.(\w+)", base):
+        part = _IN_BLOCK.get(m[2])
+        return f"model.layers.{m[1]}.{part}.{suffix}" if part else None
+    top = _TOP_LEVEL.get(base)
+    return f"{top}.{suffix}" if top else None
+
+
+def _problem(header: GGUFHeader) -> str | None:
+    """Why this file cannot be loaded as a model, or None."""
+    arch = header.metadata.get("general.architecture")
+    if arch not in ARCHITECTURES:
+        return (f"architecture {arch!r} is not supported (supported: "
+                f"{', '.join(ARCHITECTURES)}); use the Hugging Face model instead")
+    for t in header.tensors:
+        if t.type_name not in QUANTIZED_TYPES and t.type_name not in FLOAT_TYPES:
+            return (f"tensor {t.name} is {t.type_name}, which mlxsft cannot keep exactly "
+                    "(it reads F32, F16, BF16, Q8_0, Q4_0 and Q4_1); re-export the GGUF as "
+                    "Q8_0, Q4_0 or F16, or use the Hugging Face model")
+        if mlx_name(t.name) is None:
+            why = (" (llama 3.1-style RoPE scaling)" if t.name.startswith("rope_freqs") else "")
+            return (f"tensor {t.name}{why} has no place in mlx-lm's {arch} model; use the "
+                    "Hugging Face model instead")
+    return None
+
+
+def _model_config(header: GGUFHeader) -> dict:
+    md, arch = header.metadata, header.metadata["general.architecture"]
+    shapes = {t.name: t.shape for t in header.tensors}
+
+    def get(key, default=None):
+        value = md.get(f"{arch}.{key}", default)
+        if isinstance(value, list):
+            raise UserError(f"{header.path}: {arch}.{key} differs per layer; mlx-lm's {arch} "
+                            "model needs one value, use the Hugging Face model instead")
+        if value is None:
+            raise UserError(f"{header.path}: metadata {arch}.{key} is missing")
+        return value
+
+    def f32(x):  # the float32 metadata as the decimal the converter read (1e-05, not 9.99e-06)
+        import numpy as np
+
+        return float(str(np.float32(x)))
+
+    hidden, heads = get("embedding_length"), get("attention.head_count")
+    config = {
+        "model_type": arch,
+        "hidden_size": hidden,
+        "num_hidden_layers": get("block_count"),
+        "intermediate_size": get("feed_forward_length"),
+        "num_attention_heads": heads,
+        "num_key_value_heads": get("attention.head_count_kv", heads),
+        "rms_norm_eps": f32(get("attention.layer_norm_rms_epsilon")),
+        "vocab_size": shapes["token_embd.weight"][0] if "token_embd.weight" in shapes
+        else get("vocab_size"),
+        "rope_theta": f32(get("rope.freq_base", 10000.0)),
+        "max_position_embeddings": get("context_length", 4096),
+        "tie_word_embeddings": "output.weight" not in shapes,
+    }
+    head_dim = md.get(f"{arch}.attention.key_length")
+    if head_dim or arch == "qwen3":
+        config["head_dim"] = head_dim or hidden // heads
+    if arch == "llama" and "blk.0.attn_q.bias" in shapes:
+        config["attention_bias"] = True
+    scaling = md.get(f"{arch}.rope.scaling.type", "none")
+    if scaling == "linear":
+        config["rope_scaling"] = {"type": "linear",
+                                  "factor": f32(get("rope.scaling.factor"))}
+    elif scaling != "none":
+        raise UserError(f"{header.path}: RoPE scaling {scaling!r} is not supported; use the "
+                        "Hugging Face model instead")
+    for name, key in (("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id")):
+        if f"tokenizer.ggml.{key}" in md:
+            config[name] = md[f"tokenizer.ggml.{key}"]
+    # Chat models end a turn with EOT (Llama 3's <|eot_id|>) rather than EOS: stop on both.
+    stops = [md[f"tokenizer.ggml.{k}"] for k in ("eos_token_id", "eot_token_id", "eom_token_id")
+             if f"tokenizer.ggml.{k}" in md]
+    if len(set(stops)) > 1:
+        config["eos_token_id"] = list(dict.fromkeys(stops))
+    return config
+
+
+def _unpermute_rows(w, n_heads: int):
+    """Undo llama.cpp's `permute` (convert_hf_to_gguf.py), which within each head moves
+    row i of the first half and row i of the second half next to each other (rows 2i,
+    2i+1) for its interleaved RoPE. Rows are output features, so a quantized weight's
+    packed rows, scales and biases all move alike."""
+    rows = w.shape[0]
+    return (w.reshape(n_heads, rows // n_heads // 2, 2, *w.shape[1:])
+            .swapaxes(1, 2).reshape(w.shape))
+
+
+def _read_weights(header: GGUFHeader, config: dict) -> dict:
+    import mlx.core as mx
+
+    try:
+        raw = mx.load(str(header.path))
+    except (RuntimeError, ValueError) as e:
+        raise UserError(f"{header.path}: MLX could not read its tensors "
+                        f"({str(e).splitlines()[0]})") from None
+    permuted = ARCHITECTURES[config["model_type"]].permuted_qk
+    heads = {"self_attn.q_proj": config["num_attention_heads"],
+             "self_attn.k_proj": config["num_key_value_heads"]}
+    weights = {}
+    for key, value in raw.items():
+        name = mlx_name(key)
+        if name is None:  # _problem() has already refused unknown tensors
+            raise UserError(f"{header.path}: unexpected tensor {key}")
+        module = name.rsplit(".", 1)[0].split(".", 3)[-1]
+        if permuted and module in heads:
+            value = _unpermute_rows(value, heads[module])
+        weights[name] = value
+    return weights
+
+
+def _quantized_layers(weights: dict) -> dict[str, dict]:
+    """{module path: {group_size, bits}} for every weight MLX read as quantized."""
+    layers = {}
+    for name, scales in weights.items():
+        if name.endswith(".scales"):
+            path = name[: -len(".scales")]
+            in_features = scales.shape[-1] * GROUP_SIZE
+            bits = weights[path + ".weight"].shape[-1] * 32 // in_features
+            layers[path] = {"group_size": GROUP_SIZE, "bits": bits}
+    return layers
+
+
+def load_gguf(path, *, dequantize: bool = False):
+    """(mlx-lm model, `PreTrainedTokenizerFast`, HF-style config) from a GGUF file.
+
+    Q4_0/Q4_1/Q8_0 weights stay quantized (`nn.QuantizedLinear`/`QuantizedEmbedding`,
+    group size 32, the bits of each layer; `config["quantization"]` says so in mlx-lm's
+    form) and floats keep the dtype of the token embedding's scales (float16) or weight.
+    `dequantize=True` gives float32 weights of the same values instead.
+    """
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    header = read_gguf_header(path)
+    if (problem := _problem(header)) is not None:
+        raise UserError(f"{header.path}: {problem}")
+    config = _model_config(header)
+    tokenizer = _build_tokenizer(header)
+    weights = _read_weights(header, config)
+    layers = _quantized_layers(weights)
+    if dequantize:
+        for path_, q in layers.items():
+            scales = weights.pop(path_ + ".scales").astype(mx.float32)
+            biases = weights.pop(path_ + ".biases").astype(mx.float32)
+            weights[path_ + ".weight"] = mx.dequantize(
+                weights[path_ + ".weight"], scales, biases, **q)
+        layers, dtype = {}, mx.float32
+    else:
+        embedding = weights.get("model.embed_tokens.scales",
+                                weights.get("model.embed_tokens.weight"))
+        dtype = embedding.dtype if embedding is not None else mx.float16
+        if layers:
+            common = Counter(q["bits"] for q in layers.values()).most_common(1)[0][0]
+            config["quantization"] = {"group_size": GROUP_SIZE, "bits": common, **{
+                p: q for p, q in layers.items() if q["bits"] != common}}
+    weights = {k: v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) else v
+               for k, v in weights.items()}
+
+    module = importlib.import_module(f"mlx_lm.models.{ARCHITECTURES[config['model_type']].module}")
+    model = module.Model(module.ModelArgs.from_dict(config))
+    if layers:  # the model's random init is lazy: quantizing it costs nothing
+        nn.quantize(model, class_predicate=lambda p, _m: layers.get(p, False))
+    if hasattr(model, "sanitize"):
+        weights = model.sanitize(weights)
+    try:
+        model.load_weights(list(weights.items()), strict=True)
+    except ValueError as e:
+        raise UserError(f"{header.path}: its tensors do not fit mlx-lm's "
+                        f"{config['model_type']} model ({str(e).splitlines()[0]})") from None
+    mx.eval(model.parameters())
+    model.eval()
+    return model, tokenizer, config
+
+
+# -- the tokenizer -----------------------------------------------------------------------
+_GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
+_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+                r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+# llama.cpp's pre-tokenizer regexes (llama-vocab.cpp), applied one after another, for the
+# `tokenizer.ggml.pre` names that use them. Other names are refused, not guessed.
+PRE_TOKENIZERS = {
+    **dict.fromkeys(("default",), (r"[\p{P}\$\+<=>\^~\|]+", _GPT2_SPLIT, r"\p{N}+",
+                                   r"[0-9][0-9][0-9]")),
+    **dict.fromkeys(("gpt-2", "phi-2", "mpt", "olmo", "jais", "trillion", "mellum",
+                     "gigachat", "a.x-4.0"), (_GPT2_SPLIT,)),
+    **dict.fromkeys(("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone",
+                     "minerva-7b"), (r"\p{N}", _GPT2_SPLIT)),
+    **dict.fromkeys(("llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral",
+                     "midm-2.0", "lfm2", "dbrx", "smaug-bpe"), (_LLAMA3_SPLIT,)),
+    **dict.fromkeys(("qwen2", "deepseek-r1-qwen", "kormo", "stablelm2", "megrez"),
+                    (_QWEN2_SPLIT,)),
+}
+# llama.cpp (and Llama 3's tokenizer.json) take a pre-token whole when it is in the vocabulary.
+_IGNORE_MERGES = {"llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral",
+                  "midm-2.0", "lfm2"}
+_NFC = {"qwen2", "deepseek-r1-qwen"}  # Qwen2's tokenizer.json normalizes to NFC first
+_CONTROL, _USER_DEFINED = 3, 4
+
+
+def load_gguf_tokenizer(path):
+    """The `PreTrainedTokenizerFast` a GGUF file describes (no weight is read)."""
+    return _build_tokenizer(read_gguf_header(path))
+
+
+def _build_tokenizer(header: GGUFHeader):
+    md = header.metadata
+    kind = md.get("tokenizer.ggml.model")
+    if kind != "gpt2":
+        what = {"llama": "a SentencePiece vocabulary", None: "no vocabulary"}.get(kind, repr(kind))
+        raise UserError(f"{header.path}: the tokenizer is {what}; mlxsft reads byte-level BPE "
+                        "(tokenizer.ggml.model 'gpt2') from GGUF files. Use the Hugging Face "
+                        "model instead")
+    pre = md.get("tokenizer.ggml.pre", "default")
+    if pre not in PRE_TOKENIZERS:
+        raise UserError(f"{header.path}: pre-tokenizer {pre!r} is not one mlxsft knows "
+                        f"(known: {', '.join(sorted(PRE_TOKENIZERS))}); use the Hugging Face "
+                        "model instead")
+    from tokenizers import (AddedToken, Regex, Tokenizer, decoders, models, normalizers,
+                            pre_tokenizers, processors)
+    from transformers import PreTrainedTokenizerFast
+
+    tokens = md["tokenizer.ggml.tokens"]
+    types = md.get("tokenizer.ggml.token_type") or [1] * len(tokens)
+    vocab: dict[str, int] = {}
+    for i, token in enumerate(tokens):
+        vocab.setdefault(token, i)
+    # llama.cpp splits a merge at the first space after its first character.
+    merges = [(m[:i], m[i + 1:]) for m in md.get("tokenizer.ggml.merges", [])
+              if (i := m.find(" ", 1)) > 0]
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=pre in _IGNORE_MERGES))
+    if pre in _NFC:
+        tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in PRE_TOKENIZERS[pre]]
+        + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    # Control tokens are special (dropped by skip_special_tokens); user-defined ones are
+    # plain added tokens. llama.cpp matches both whole in text, and so does this.
+    tok.add_tokens([AddedToken(tokens[i], special=t == _CONTROL, normalized=False)
+                    for i, t in enumerate(types) if t in (_CONTROL, _USER_DEFINED)])
+
+    def token(key):
+        i = md.get(f"tokenizer.ggml.{key}")
+        return tokens[i] if i is not None and 0 <= i < len(tokens) else None
+
+    bos, eos = token("bos_token_id"), token("eos_token_id")
+    post = [processors.ByteLevel(trim_offsets=False)]
+    add_bos = md.get("tokenizer.ggml.add_bos_token", pre in _IGNORE_MERGES) and bos
+    add_eos = md.get("tokenizer.ggml.add_eos_token", False) and eos
+    if add_bos or add_eos:
+        first, last = (f"{bos} " if add_bos else ""), (f" {eos}" if add_eos else "")
+        post.append(processors.TemplateProcessing(
+            single=f"{first}$A{last}", pair=f"{first}$A{last} {first}$B{last}",
+            special_tokens=[(t, vocab[t]) for t in dict.fromkeys(
+                ([bos] if add_bos else []) + ([eos] if add_eos else []))]))
+    tok.post_processor = processors.Sequence(post)
+    specials = {"bos_token": bos, "eos_token": eos, "unk_token": token("unknown_token_id"),
+                "pad_token": token("padding_token_id")}
+    context = md.get(f"{md.get('general.architecture')}.context_length")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, chat_template=md.get("tokenizer.chat_template"),
+        clean_up_tokenization_spaces=False,  # decode(encode(s)) == s
+        **({"model_max_length": context} if isinstance(context, int) else {}),
+        **{k: v for k, v in specials.items() if v is not None})
