@@ -94,7 +94,7 @@ class _Reader:
         n = self.unpack("<Q")
         if self.pos + n > len(self.buf):
             raise _Truncated
-        text = bytes(self.buf[self.pos:self.pos + n]).decode("utf-8", errors="replace")
+        text = bytes(self.buf[self.pos:self.pos + n]).decode("utf-8")
         self.pos += n
         return text
 
@@ -144,7 +144,7 @@ def read_gguf_header(path) -> GGUFHeader:
             raise UserError(f"{path}: truncated GGUF (the file ends inside its header, at "
                             f"{size} bytes); the download or copy is incomplete, fetch it "
                             "again") from None
-        except (ValueError, UnicodeDecodeError) as e:
+        except ValueError as e:  # an unknown value type, a version we do not read, bad UTF-8
             raise UserError(f"{path}: corrupt GGUF header ({e})") from None
         finally:
             reader.buf.release()
@@ -158,6 +158,8 @@ def read_gguf_header(path) -> GGUFHeader:
 
 
 def _parse(reader: _Reader, path: Path, size: int) -> GGUFHeader:
+    """Everything before the tensor data, as the GGUF spec lays it out: version, metadata,
+    tensor table. ggml lists dimensions fastest-varying first; we keep numpy order."""
     reader.pos = 4
     version = reader.unpack("<I")
     if version not in (2, 3):
@@ -191,7 +193,7 @@ def gguf_summary(path) -> dict:
         "tensor_types": dict(Counter(t.type_name for t in header.tensors).most_common()),
         "parameters": sum(prod(t.shape) for t in header.tensors),
         "tokenizer": md.get("tokenizer.ggml.model"),
-        "loadable": _problem(header) is None,
+        "problem": _problem(header),  # why load_gguf would refuse it, or None
     }
 
 
@@ -246,7 +248,7 @@ def _problem(header: GGUFHeader) -> str | None:
             why = (" (llama 3.1-style RoPE scaling)" if t.name.startswith("rope_freqs") else "")
             return (f"tensor {t.name}{why} has no place in mlx-lm's {arch} model; use the "
                     "Hugging Face model instead")
-    return None
+    return _tokenizer_problem(header.metadata)
 
 
 def _model_config(header: GGUFHeader) -> dict:
@@ -294,9 +296,9 @@ def _model_config(header: GGUFHeader) -> dict:
     elif scaling != "none":
         raise UserError(f"{header.path}: RoPE scaling {scaling!r} is not supported; use the "
                         "Hugging Face model instead")
-    for name, key in (("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id")):
+    for key in ("bos_token_id", "eos_token_id"):
         if f"tokenizer.ggml.{key}" in md:
-            config[name] = md[f"tokenizer.ggml.{key}"]
+            config[key] = md[f"tokenizer.ggml.{key}"]
     # Chat models end a turn with EOT (Llama 3's <|eot_id|>) rather than EOS: stop on both.
     stops = [md[f"tokenizer.ggml.{k}"] for k in ("eos_token_id", "eot_token_id", "eom_token_id")
              if f"tokenizer.ggml.{k}" in md]
@@ -323,6 +325,7 @@ def _read_weights(header: GGUFHeader, config: dict) -> dict:
     except (RuntimeError, ValueError) as e:
         raise UserError(f"{header.path}: MLX could not read its tensors "
                         f"({str(e).splitlines()[0]})") from None
+    bf16 = {t.name for t in header.tensors if t.type_name == "BF16"}
     permuted = ARCHITECTURES[config["model_type"]].permuted_qk
     heads = {"self_attn.q_proj": config["num_attention_heads"],
              "self_attn.k_proj": config["num_key_value_heads"]}
@@ -334,6 +337,10 @@ def _read_weights(header: GGUFHeader, config: dict) -> dict:
         module = name.rsplit(".", 1)[0].split(".", 3)[-1]
         if permuted and module in heads:
             value = _unpermute_rows(value, heads[module])
+        # MLX reads BF16 as float16, whose range ends at 65504.
+        if key in bf16 and not mx.isfinite(value).all().item():
+            raise UserError(f"{header.path}: BF16 tensor {key} has values beyond float16's "
+                            "range; re-export the GGUF as F32 or Q8_0")
         weights[name] = value
     return weights
 
@@ -376,6 +383,10 @@ def load_gguf(path, *, dequantize: bool = False):
                 weights[path_ + ".weight"], scales, biases, **q)
         layers, dtype = {}, mx.float32
     else:
+        # One float dtype for the whole model (GGUF keeps norms in F32 next to F16 scales):
+        # mixed dtypes would promote activations to float32 halfway through each block.
+        # On the Linux CPU, half-precision and its quantized matmul are ~35x slower than
+        # float32: callers there cast to float32 (models.to_compute_precision does).
         embedding = weights.get("model.embed_tokens.scales",
                                 weights.get("model.embed_tokens.weight"))
         dtype = embedding.dtype if embedding is not None else mx.float16
@@ -429,6 +440,20 @@ _NFC = {"qwen2", "deepseek-r1-qwen"}  # Qwen2's tokenizer.json normalizes to NFC
 _CONTROL, _USER_DEFINED = 3, 4
 
 
+def _tokenizer_problem(md: dict) -> str | None:
+    kind = md.get("tokenizer.ggml.model")
+    if kind != "gpt2":
+        what = {"llama": "a SentencePiece vocabulary", None: "missing"}.get(kind, repr(kind))
+        return (f"the tokenizer is {what}; mlxsft reads byte-level BPE vocabularies "
+                "(tokenizer.ggml.model 'gpt2') from GGUF files. Use the Hugging Face model "
+                "instead")
+    pre = md.get("tokenizer.ggml.pre", "default")
+    if pre not in PRE_TOKENIZERS:
+        return (f"pre-tokenizer {pre!r} is not one of the {len(PRE_TOKENIZERS)} mlxsft "
+                "knows from llama.cpp; use the Hugging Face model instead")
+    return None
+
+
 def load_gguf_tokenizer(path):
     """The `PreTrainedTokenizerFast` a GGUF file describes (no weight is read)."""
     return _build_tokenizer(read_gguf_header(path))
@@ -436,17 +461,9 @@ def load_gguf_tokenizer(path):
 
 def _build_tokenizer(header: GGUFHeader):
     md = header.metadata
-    kind = md.get("tokenizer.ggml.model")
-    if kind != "gpt2":
-        what = {"llama": "a SentencePiece vocabulary", None: "no vocabulary"}.get(kind, repr(kind))
-        raise UserError(f"{header.path}: the tokenizer is {what}; mlxsft reads byte-level BPE "
-                        "(tokenizer.ggml.model 'gpt2') from GGUF files. Use the Hugging Face "
-                        "model instead")
+    if (problem := _tokenizer_problem(md)) is not None:
+        raise UserError(f"{header.path}: {problem}")
     pre = md.get("tokenizer.ggml.pre", "default")
-    if pre not in PRE_TOKENIZERS:
-        raise UserError(f"{header.path}: pre-tokenizer {pre!r} is not one mlxsft knows "
-                        f"(known: {', '.join(sorted(PRE_TOKENIZERS))}); use the Hugging Face "
-                        "model instead")
     from tokenizers import (AddedToken, Regex, Tokenizer, decoders, models, normalizers,
                             pre_tokenizers, processors)
     from transformers import PreTrainedTokenizerFast
