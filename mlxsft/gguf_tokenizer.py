@@ -1,0 +1,105 @@
+"""The tokenizer a GGUF file describes, rebuilt with the `tokenizers` library.
+
+Byte-level BPE vocabularies (`tokenizer.ggml.model == "gpt2"`): tokens, merges, token
+types, BOS/EOS handling and the chat template from the metadata, and the pre-tokenizer
+regexes llama.cpp uses for each `tokenizer.ggml.pre` name. SentencePiece vocabularies
+and unknown pre-tokenizer names are refused (see `tokenizer_problem`), not guessed.
+"""
+
+from __future__ import annotations
+
+from mlxsft.errors import UserError
+
+_GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
+_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+                r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+# llama.cpp's pre-tokenizer regexes (llama-vocab.cpp), applied one after another, for the
+# `tokenizer.ggml.pre` names that use them. Other names are refused, not guessed.
+PRE_TOKENIZERS = {
+    **dict.fromkeys(("default",), (r"[\p{P}\$\+<=>\^~\|]+", _GPT2_SPLIT, r"\p{N}+",
+                                   r"[0-9][0-9][0-9]")),
+    **dict.fromkeys(("gpt-2", "phi-2", "mpt", "olmo", "jais", "trillion", "mellum",
+                     "gigachat", "a.x-4.0"), (_GPT2_SPLIT,)),
+    **dict.fromkeys(("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone",
+                     "minerva-7b"), (r"\p{N}", _GPT2_SPLIT)),
+    **dict.fromkeys(("llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral",
+                     "midm-2.0", "lfm2", "dbrx", "smaug-bpe"), (_LLAMA3_SPLIT,)),
+    **dict.fromkeys(("qwen2", "deepseek-r1-qwen", "kormo", "stablelm2", "megrez"),
+                    (_QWEN2_SPLIT,)),
+}
+# llama.cpp (and Llama 3's tokenizer.json) take a pre-token whole when it is in the vocabulary.
+_IGNORE_MERGES = {"llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral",
+                  "midm-2.0", "lfm2"}
+_NFC = {"qwen2", "deepseek-r1-qwen"}  # Qwen2's tokenizer.json normalizes to NFC first
+_CONTROL, _USER_DEFINED = 3, 4
+
+
+def tokenizer_problem(md: dict) -> str | None:
+    kind = md.get("tokenizer.ggml.model")
+    if kind != "gpt2":
+        what = {"llama": "a SentencePiece vocabulary", None: "missing"}.get(kind, repr(kind))
+        return (f"the tokenizer is {what}; mlxsft reads byte-level BPE vocabularies "
+                "(tokenizer.ggml.model 'gpt2') from GGUF files. Use the Hugging Face model "
+                "instead")
+    pre = md.get("tokenizer.ggml.pre", "default")
+    if pre not in PRE_TOKENIZERS:
+        return (f"pre-tokenizer {pre!r} is not one of the {len(PRE_TOKENIZERS)} mlxsft "
+                "knows from llama.cpp; use the Hugging Face model instead")
+    return None
+
+
+def build_tokenizer(header):
+    """A `PreTrainedTokenizerFast` from a parsed GGUF header's tokenizer metadata."""
+    md = header.metadata
+    if (problem := tokenizer_problem(md)) is not None:
+        raise UserError(f"{header.path}: {problem}")
+    pre = md.get("tokenizer.ggml.pre", "default")
+    from tokenizers import (AddedToken, Regex, Tokenizer, decoders, models, normalizers,
+                            pre_tokenizers, processors)
+    from transformers import PreTrainedTokenizerFast
+
+    tokens = md["tokenizer.ggml.tokens"]
+    types = md.get("tokenizer.ggml.token_type") or [1] * len(tokens)
+    vocab: dict[str, int] = {}
+    for i, token in enumerate(tokens):
+        vocab.setdefault(token, i)
+    # llama.cpp splits a merge at the first space after its first character.
+    merges = [(m[:i], m[i + 1:]) for m in md.get("tokenizer.ggml.merges", [])
+              if (i := m.find(" ", 1)) > 0]
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=pre in _IGNORE_MERGES))
+    if pre in _NFC:
+        tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in PRE_TOKENIZERS[pre]]
+        + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    # Control tokens are special (dropped by skip_special_tokens); user-defined ones are
+    # plain added tokens. llama.cpp matches both whole in text, and so does this.
+    tok.add_tokens([AddedToken(tokens[i], special=t == _CONTROL, normalized=False)
+                    for i, t in enumerate(types) if t in (_CONTROL, _USER_DEFINED)])
+
+    def token(key):
+        i = md.get(f"tokenizer.ggml.{key}")
+        return tokens[i] if i is not None and 0 <= i < len(tokens) else None
+
+    bos, eos = token("bos_token_id"), token("eos_token_id")
+    post = [processors.ByteLevel(trim_offsets=False)]
+    add_bos = md.get("tokenizer.ggml.add_bos_token", pre in _IGNORE_MERGES) and bos
+    add_eos = md.get("tokenizer.ggml.add_eos_token", False) and eos
+    if add_bos or add_eos:
+        first, last = (f"{bos} " if add_bos else ""), (f" {eos}" if add_eos else "")
+        post.append(processors.TemplateProcessing(
+            single=f"{first}$A{last}", pair=f"{first}$A{last} {first}$B{last}",
+            special_tokens=[(t, vocab[t]) for t in dict.fromkeys(
+                ([bos] if add_bos else []) + ([eos] if add_eos else []))]))
+    tok.post_processor = processors.Sequence(post)
+    specials = {"bos_token": bos, "eos_token": eos, "unk_token": token("unknown_token_id"),
+                "pad_token": token("padding_token_id")}
+    context = md.get(f"{md.get('general.architecture')}.context_length")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, chat_template=md.get("tokenizer.chat_template"),
+        clean_up_tokenization_spaces=False,  # decode(encode(s)) == s
+        **({"model_max_length": context} if isinstance(context, int) else {}),
+        **{k: v for k, v in specials.items() if v is not None})
