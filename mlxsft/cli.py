@@ -228,6 +228,15 @@ def cmd_env(args) -> int:
     return 0
 
 
+# -- tui -------------------------------------------------------------------------------
+def cmd_tui(args) -> int:
+    from mlxsft.tui.app import create_app  # the only place the library reaches the TUI
+
+    create_app(data=args.data, model=args.model, config_path=args.config,
+               run_dir=args.run).run()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from mlxsft.config import add_arguments
 
@@ -297,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "prompt with each model's answer")
     p.set_defaults(func=cmd_chat)
 
-    p = sub.add_parser("bench", help="time the training step: tokens/s, memory, % of peak",
+    p = sub.add_parser("bench", help="time the training step: tokens/s, memory, %% of peak",
                        description="Run the real compiled training step on fixed-shape batches "
                        "(synthetic, or cut from --data) and print tokens/s, supervised "
                        "tokens/s, seconds/step, peak memory, and model FLOPs/token against a "
@@ -323,6 +332,16 @@ def build_parser() -> argparse.ArgumentParser:
                        "is in use (with a measured matmul rate), and the default model.")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_env)
+
+    p = sub.add_parser("tui", help="the terminal app: live loss curves, base-vs-tuned chat",
+                       description="Set up and run a fine-tune with a live Loss chart, "
+                       "compare the base and tuned models side by side, and inspect the "
+                       "data's loss masks.")
+    p.add_argument("data", nargs="?", default=None, help="training data (.jsonl or a dir)")
+    p.add_argument("--model", default=None, help=f"base model (default: {DEFAULT_MODEL})")
+    p.add_argument("--config", default=None, help="YAML file of run options")
+    p.add_argument("--run", default=None, metavar="DIR", help="open this run directory")
+    p.set_defaults(func=cmd_tui)
     return parser
 
 

@@ -1,5 +1,8 @@
-"""`python -m mlxsft.tui` opens the app."""
+"""`python -m mlxsft.tui [DATA] [--model M] [--config run.yaml] [--run DIR]` opens the app
+(the same as `mlxsft tui`)."""
 
-from mlxsft.tui.app import create_app
+import sys
 
-create_app().run()
+from mlxsft.cli import main
+
+sys.exit(main(["tui", *sys.argv[1:]]))

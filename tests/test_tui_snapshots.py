@@ -1,0 +1,78 @@
+"""SVG snapshots of the TUI's main screens (pytest-textual-snapshot).
+
+The run and the chat answers are fakes with fixed numbers and the run directory is
+relative to a temporary working directory, so each screen is the same on every run.
+Input cursors stop blinking and nothing keeps focus before the screenshot.
+Update after an intended change: pytest tests/test_tui_snapshots.py --snapshot-update
+"""
+
+import pytest
+
+pytest.importorskip("pytest_textual_snapshot")
+
+from test_tui import NARROW, WIDE, ask, fake_chat, fake_trainer, wait_for  # noqa: E402
+
+from mlxsft.tui.app import create_app  # noqa: E402
+
+
+async def _finish_fake_run(pilot, prompt=None):
+    app = pilot.app
+    await pilot.pause()  # run_before starts before the screen has settled
+    for widget in app.query("Input"):
+        widget.cursor_blink = False
+    await pilot.press("ctrl+s")
+    await wait_for(pilot, lambda: app.training_view.finished and not app.training,
+                   what="the fake run")
+    if prompt:
+        await ask(pilot, prompt)
+        await wait_for(pilot, lambda: app.compare.answers("tuned")[-1] and
+                       not app.compare.exchanges[1].tuned_note, what="the fake answers")
+    app.screen.set_focus(None)
+    await pilot.pause()
+
+
+def snapshot_app():
+    fakes, _ = fake_chat()
+    app = create_app(data="data/train.jsonl", model="tiny-model",
+                     train_fn=fake_trainer(save=True), **fakes)
+    return app
+
+
+def test_snapshot_main_screen_after_a_run(snap_compare, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert snap_compare(snapshot_app(), terminal_size=WIDE,
+                        run_before=lambda pilot: _finish_fake_run(pilot, "hello"))
+
+
+def test_snapshot_narrow_chat_tab(snap_compare, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+    async def run_before(pilot):
+        await _finish_fake_run(pilot, "hello")
+        await pilot.press("f3")
+        pilot.app.screen.set_focus(None)
+        await pilot.pause()
+
+    assert snap_compare(snapshot_app(), terminal_size=NARROW, run_before=run_before)
+
+
+def test_snapshot_data_view(snap_compare, tiny_llama, tmp_path, monkeypatch):
+    from conftest import write_jsonl
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    write_jsonl(tmp_path / "data/train.jsonl", [
+        {"messages": [{"role": "user", "content": "add 2 3"},
+                      {"role": "assistant", "content": "sum 5"}]},
+        {"prompt": "add 4 4", "completion": "sum 8"},
+        {"text": "Plain text carries loss on every token."}])
+    app = create_app(data="data/train.jsonl", model=str(tiny_llama))
+
+    async def run_before(pilot):
+        await pilot.pause()
+        await pilot.press("f4")
+        await wait_for(pilot, lambda: pilot.app.data_view.records, what="the data check")
+        pilot.app.screen.set_focus(None)
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=WIDE, run_before=run_before)

@@ -1,0 +1,164 @@
+"""The compare pane's models: a base and a tuned copy owned by one chat thread.
+
+MLX streams are thread-local, so a model must be loaded and generated on one thread,
+and the model being trained belongs to the training thread. `ChatEngine.serve()` runs
+in the app's chat worker thread for the app's whole life: it loads the base model and
+the base with a saved adapter (its own copies, cached until the model or the adapter
+file changes), answers one request at a time, and interleaves the two generations so
+both columns fill side by side. It reports only through `post` (the app's
+`post_message`, which is thread-safe). Whether to answer while a run trains is the
+app's decision, not the engine's.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from mlxsft.errors import UserError
+from mlxsft.tui.messages import ChatUpdate
+
+
+EMPTY_NOTE = "(no text: the model ended its turn at once)"
+
+
+@dataclass
+class _Answers:
+    """Both answers to one request so far (posted as a fresh `ChatUpdate` each time)."""
+
+    request_id: int
+    base_text: str = ""
+    tuned_text: str = ""
+    base_note: str = ""
+    tuned_note: str = ""
+    done: bool = False
+
+    def message(self) -> ChatUpdate:
+        return ChatUpdate(self.request_id, self.base_text, self.tuned_text, self.base_note,
+                          self.tuned_note, self.done)
+
+
+@dataclass
+class ChatRequest:
+    request_id: int
+    prompt: str
+    model: str | None  # the base model spec (None: mlxsft's default)
+    adapter_dir: str | None  # None: no tuned answer, `no_adapter_note` says why
+    max_tokens: int = 256
+    no_adapter_note: str = ""
+    adapter_label: str = ""
+
+
+def _default_load(model, adapter_dir=None):
+    from mlxsft.adapters import load_for_inference
+
+    return load_for_inference(model, adapter_dir)
+
+
+def _default_stream(loaded, messages, max_tokens):
+    from mlxsft.generate import stream_reply
+
+    return stream_reply(loaded, messages, max_tokens=max_tokens, temperature=0.0)
+
+
+def _adapter_stamp(adapter_dir: str) -> int:
+    # The final adapter is rewritten in place when a run ends: reload it then.
+    try:
+        return (Path(adapter_dir) / "adapters.safetensors").stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
+def _error_text(error: BaseException) -> str:
+    if isinstance(error, UserError):
+        return f"error: {error}"
+    return f"error: {type(error).__name__}: {error}"
+
+
+class ChatEngine:
+    """Answers `ChatRequest`s with a base and a tuned model on the serving thread."""
+
+    def __init__(self, post: Callable[[ChatUpdate], object],
+                 load: Callable = _default_load, stream: Callable = _default_stream):
+        self.post = post
+        self.load = load
+        self.stream = stream
+        self.requests: queue.Queue[ChatRequest] = queue.Queue()
+        self.closed = threading.Event()
+        self._cache: dict[str, tuple[tuple, object]] = {}  # side -> (key, loaded model)
+        self._cancelled: Callable[[], bool] = lambda: False
+
+    def submit(self, request: ChatRequest) -> None:
+        self.requests.put(request)
+
+    def close(self) -> None:
+        self.closed.set()
+
+    def serve(self, cancelled: Callable[[], bool] = lambda: False) -> None:
+        """Answer requests until `close()` (or `cancelled()`); call it from the thread
+        that is to own the models."""
+        self._cancelled = cancelled
+        while not self._stopping():
+            try:
+                request = self.requests.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            self.answer(request)
+
+    def _stopping(self) -> bool:
+        return self.closed.is_set() or self._cancelled()
+
+    def _model(self, side: str, model: str | None, adapter_dir: str | None):
+        key = (model, adapter_dir, _adapter_stamp(adapter_dir) if adapter_dir else 0)
+        cached = self._cache.get(side)
+        if cached is None or cached[0] != key:
+            self._cache.pop(side, None)  # free the old copy before loading a new one
+            self._cache[side] = (key, self.load(model, adapter_dir))
+        return self._cache[side][1]
+
+    def answer(self, request: ChatRequest) -> None:
+        state = _Answers(request.request_id, base_note="loading the base model...",
+                         tuned_note="waiting for the base model...")
+        self.post(state.message())
+        messages = [{"role": "user", "content": request.prompt}]
+        streams = {}
+        try:
+            streams["base"] = iter(self.stream(self._model("base", request.model, None),
+                                               messages, request.max_tokens))
+            state.base_note = "generating..."
+        except Exception as e:  # a missing model is a UserError; anything else is shown too
+            state.base_note = _error_text(e)
+        if request.adapter_dir is None:
+            state.tuned_note = request.no_adapter_note
+        else:
+            state.tuned_note = f"loading {request.adapter_label or request.adapter_dir}..."
+            self.post(state.message())
+            try:
+                tuned = self._model("tuned", request.model, request.adapter_dir)
+                streams["tuned"] = iter(self.stream(tuned, messages, request.max_tokens))
+                state.tuned_note = "generating..."
+            except Exception as e:
+                state.tuned_note = _error_text(e)
+        self.post(state.message())
+        # One piece from each side in turn: both columns grow together.
+        while streams and not self._stopping():
+            for side in list(streams):
+                try:
+                    piece = next(streams[side])
+                except StopIteration:
+                    del streams[side]
+                    empty = not getattr(state, f"{side}_text")
+                    setattr(state, f"{side}_note", EMPTY_NOTE if empty else "")
+                    continue
+                except Exception as e:
+                    del streams[side]
+                    setattr(state, f"{side}_note", _error_text(e))
+                    continue
+                setattr(state, f"{side}_text", getattr(state, f"{side}_text") + piece)
+            self.post(state.message())
+        state.done = True
+        self.post(state.message())
+
