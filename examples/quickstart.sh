@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 RUN=${RUN:-runs/quickstart-$(date +%Y%m%d-%H%M%S)}
-ITERS=${ITERS:-80}
+ITERS=${ITERS:-40}
 
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/pip" install -q -e .
@@ -21,7 +21,7 @@ echo "== data: examples/answer-why (what the masks look like)"
 
 echo "== training SmolLM2-135M-Instruct with LoRA for $ITERS steps -> $RUN"
 "$mlxsft" train examples/answer-why --out "$RUN" --iters "$ITERS" --batch-size 8 \
-  --learning-rate 1e-3 --lora-rank 16 --lora-alpha 32 --steps-per-eval 40 --max-seq-len 256
+  --learning-rate 1e-3 --lora-rank 16 --lora-alpha 32 --steps-per-eval 20 --max-seq-len 256
 
 echo "== held-out loss (examples/answer-why/valid.jsonl, response tokens only)"
 "$mlxsft" eval examples/answer-why
