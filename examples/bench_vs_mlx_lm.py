@@ -81,6 +81,8 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=11)
     ap.add_argument("--hidden", type=int, default=640)
     ap.add_argument("--intermediate", type=int, default=1728)
+    ap.add_argument("--peer-as-installed", action="store_true",
+                    help="run plain `python -m mlx_lm lora` (MLX's bundled BLAS on Linux)")
     args = ap.parse_args()
     report = max(2, args.iters // 5)
     with tempfile.TemporaryDirectory() as tmp:
@@ -97,8 +99,14 @@ def main() -> None:
         reports = [json.loads(l) for l in (tmp / "ours" / "metrics.jsonl").read_text().splitlines()]
         rates = [r["tokens_per_second"] for r in reports if r["event"] == "train"][1:]
         ours = sum(rates) / len(rates)
+        # By default mlx_lm runs with the same OpenBLAS mlxsft loads, so the two training
+        # steps are compared on equal terms; --peer-as-installed runs plain
+        # `python -m mlx_lm lora`, which on Linux gets MLX's bundled reference BLAS.
+        launcher = ([sys.executable, "-m", "mlx_lm", "lora"] if args.peer_as_installed else
+                    [sys.executable, "-c", "import mlxsft, sys; from mlx_lm.lora import main; "
+                     "sys.argv[0] = 'mlx_lm.lora'; main()"])
         peer_out, peer_mem = run([
-            sys.executable, "-m", "mlx_lm", "lora", "--model", str(model), "--train",
+            *launcher, "--model", str(model), "--train",
             "--data", str(data), "--iters", common["iters"], "--batch-size", common["batch"],
             "--max-seq-length", common["seq"], "--num-layers", "-1", "--steps-per-report",
             str(report), "--steps-per-eval", str(10 * args.iters), "--val-batches", "1",
@@ -109,7 +117,8 @@ def main() -> None:
     print(f"model: llama, {params / 1e6:.0f}M parameters in its layers; batch {args.batch_size} x "
           f"{args.seq_len}, {args.iters} steps, LoRA rank 8 on every linear of every layer")
     print(f"mlxsft train     {ours:9.1f} tokens/s   peak RSS {ours_mem:.2f} GB")
-    print(f"mlx_lm lora      {peer:9.1f} tokens/s   peak RSS {peer_mem:.2f} GB")
+    blas = "its bundled BLAS" if args.peer_as_installed else "the same OpenBLAS"
+    print(f"mlx_lm lora      {peer:9.1f} tokens/s   peak RSS {peer_mem:.2f} GB   ({blas})")
     print(f"ratio (mlxsft / mlx_lm): {ours / peer:.2f}x tokens/s, {ours_mem / peer_mem:.2f}x memory")
 
 
