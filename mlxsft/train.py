@@ -306,8 +306,6 @@ class Trainer:
 
     # -- the loop --------------------------------------------------------------------
     def run(self) -> Iterator[ev.Event]:
-        import mlx.core as mx
-
         from mlxsft.batching import iterate_batches, steps_per_epoch
 
         start = time.perf_counter()
