@@ -1,0 +1,270 @@
+"""Fuse a trained adapter into its base and save the result, verified.
+
+W' = W + scale * B A for every LoRA layer (mlx-lm's `LoRALinear.fuse`; its lora_a is
+A^T [in, r] and lora_b is B^T [r, out], scale = alpha / rank). A quantized base is
+de-quantized first and every sum is taken in float32, then rounded once to the output
+dtype (the base's float dtype by default, float16 for a quantized base) and, on request,
+re-quantized (`quantize` bits: MLX affine for --format mlx, Q8_0 / Q4_1 for GGUF).
+
+Formats: "mlx" and "hf" write a Hugging Face model directory that `mlx_lm.load` opens;
+"hf" also promises transformers can (full precision, weight names checked against the
+base checkpoint's). "gguf" writes one llama.cpp file (`mlxsft.export_gguf`).
+
+Verification always runs: the files written are loaded back and run on a few held-out
+records (the run's validation data when adapter_config.json names it, else built-in
+ones) next to base + adapter: the max |logit difference| and the response-only loss of
+base, tuned and fused (`mlxsft.fuse_verify`). An export that loses a noticeable share of
+what tuning gained gets a warning with the numbers. Nothing appears at OUT unless all of
+this succeeds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mlxsft.errors import UserError
+from mlxsft.fuse_verify import (HeldOut, Verification, logits_on, release_model,
+                                 response_loss, verify_written)
+
+FORMATS = ("mlx", "hf", "gguf")
+DTYPES = ("float16", "bfloat16", "float32")
+@dataclass
+class FuseResult:
+    adapter: Path
+    base: str
+    out: Path
+    format: str
+    dtype: str
+    quantization: str | None  # e.g. "4-bit (group size 64)" or "Q8_0"
+    bits: int | None
+    verification: Verification
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def render(self) -> str:
+        v = self.verification
+        stored = f"{self.dtype}, quantized {self.quantization}" if self.quantization else \
+            self.dtype
+        kept = f" (keeps {v.kept:.1%} of the tuning's improvement)" if v.kept is not None \
+            and self.quantization else ""
+        return "\n".join([
+            f"fused {self.adapter} into {self.base} -> {self.out} ({self.format}, {stored})",
+            *(f"note: {n}" for n in self.notes),
+            f"verified on {v.records} held-out records from {v.source} "
+            f"({v.supervised_tokens} supervised tokens): max |logit diff| vs base + adapter "
+            f"{v.max_logit_diff:.3g}; loss base {v.loss_base:.4f}, tuned {v.loss_tuned:.4f}, "
+            f"fused {v.loss_fused:.4f} nats/token{kept}"])
+
+    def to_json(self) -> dict:
+        v = self.verification
+        return {"adapter": str(self.adapter), "base": self.base, "out": str(self.out),
+                "format": self.format, "dtype": self.dtype,
+                "quantization": self.quantization, "verification": {
+                    **v.__dict__, "kept_share_of_improvement": v.kept},
+                "notes": self.notes, "warnings": self.warnings}
+
+
+# -- the weights --------------------------------------------------------------------------
+def stored_float_dtype(loaded) -> str:
+    """The base's float dtype as stored (float16 when it is quantized)."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    if loaded.quantization:
+        return "float16"
+    counts: dict = {}
+    for _, p in tree_flatten(loaded.model.parameters()):
+        if mx.issubdtype(p.dtype, mx.floating):
+            counts[p.dtype] = counts.get(p.dtype, 0) + p.size
+    dtype = max(counts, key=counts.get) if counts else mx.float16
+    return {mx.float32: "float32", mx.bfloat16: "bfloat16"}.get(dtype, "float16")
+
+
+def fuse_lora_layers(model, dtype: str) -> int:
+    """Fuse every adapter layer into its linear in place, in float32, then cast the whole
+    model to `dtype`. Returns the number of layers fused."""
+    import mlx.core as mx
+    from mlx.utils import tree_unflatten
+    from mlx_lm.utils import dequantize_model
+
+    from mlxsft.models import cast_floating
+
+    dequantize_model(model)  # also the linears inside LoRA layers
+    cast_floating(model, mx.float32)  # one rounding, at the end, not one per operand
+    fused = [(name, module.fuse(dequantize=True)) for name, module in model.named_modules()
+             if hasattr(module, "fuse")]
+    if fused:
+        model.update_modules(tree_unflatten(fused))
+    cast_floating(model, getattr(mx, dtype))
+    mx.eval(model.parameters())
+    return len(fused)
+
+
+def _same_base(adapter_config: dict, model: str) -> bool:
+    recorded = [adapter_config.get("base_model"), adapter_config.get("base_model_path")]
+    if model in recorded or not any(recorded):
+        return True
+    return any(r and Path(r).exists() and Path(r).resolve() == Path(model).resolve()
+               for r in recorded)
+
+
+# -- the command --------------------------------------------------------------------------
+def fuse(adapter: str | Path, out: str | Path, model: str | None = None, fmt: str = "mlx",
+         dtype: str | None = None, quantize: int | None = None) -> FuseResult:
+    """Fuse `adapter` into its base (or `model`), write OUT in `fmt`, verify, report."""
+    from mlxsft.checkpoints import read_adapter_config
+    from mlxsft.export import check_out_free, staged
+
+    adapter_dir, out = Path(adapter), Path(out)
+    _check_options(fmt, dtype, quantize)
+    check_out_free(out)
+    adapter_config = read_adapter_config(adapter_dir)
+    loaded, notes = _load_base(adapter_dir, adapter_config, model)
+    out_dtype = dtype or stored_float_dtype(loaded)
+    held_out = HeldOut.of(adapter_config, loaded.tokenizer)
+    notes += held_out.notes
+    tokenizer_md = None
+    if fmt == "gguf":  # refused here (architecture, tokenizer) rather than after the work
+        from mlxsft.export_gguf import gguf_architecture, tokenizer_metadata
+
+        gguf_architecture(loaded.config)
+        tokenizer_md = tokenizer_metadata(loaded, held_out.texts())
+    reference = _base_and_tuned(loaded, adapter_dir, held_out)
+    config, quantization = _fuse_weights(loaded, out_dtype, fmt, quantize)
+    notes += _check_names(loaded, fmt, quantize)
+
+    with staged(out, single_file=fmt == "gguf") as target:
+        if fmt == "gguf":
+            from mlxsft.export_gguf import FLOAT_TYPES, write_gguf
+
+            write_gguf(target, loaded.model, config, tokenizer_md, FLOAT_TYPES[out_dtype],
+                       quantization, name=out.stem)
+        else:
+            from mlxsft.export import write_model_dir
+
+            write_model_dir(target, loaded.model, loaded.tokenizer, config, loaded.path)
+        release_model(loaded)  # the written files are what gets verified
+        result = FuseResult(adapter_dir, loaded.source, out, fmt, out_dtype, quantization,
+                            quantize, verify_written(target, held_out, *reference), notes)
+        result.warnings = _warnings(result)
+        if fmt != "gguf":
+            (target / "README.md").write_text(_card(result, adapter_config))
+    return result
+
+
+def _check_options(fmt: str, dtype: str | None, quantize: int | None) -> None:
+    if fmt not in FORMATS:
+        raise UserError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
+    if dtype is not None and dtype not in DTYPES:
+        raise UserError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
+    if quantize not in (None, 4, 8):
+        raise UserError(f"--quantize {quantize}: use 4 or 8")
+    if fmt == "hf" and quantize:
+        raise UserError("--quantize with --format hf: transformers cannot read MLX's quantized "
+                        "weights; use --format mlx (MLX) or --format gguf (llama.cpp)")
+
+
+def _load_base(adapter_dir: Path, adapter_config: dict, model: str | None):
+    """The base in its stored precision, and what to tell the user about it."""
+    from mlxsft.adapters import adapter_base
+    from mlxsft.models import load_model
+
+    notes = []
+    spec, name = (model, None) if model else adapter_base(adapter_dir)
+    loaded = load_model(spec)
+    if name:
+        loaded.source = name
+    elif not _same_base(adapter_config, model):
+        notes.append(f"the adapter was trained on {adapter_config.get('base_model')}; fusing "
+                     f"it into {model}")
+    if adapter_config.get("base_quantization") and not loaded.quantization:
+        notes.append(f"the adapter was trained on a quantized base "
+                     f"({adapter_config['base_quantization'].get('bits')}-bit); fusing it into "
+                     "the full-precision weights")
+    return loaded, notes
+
+
+def _base_and_tuned(loaded, adapter_dir: Path, held_out: HeldOut):
+    """(base loss, base + adapter loss, base + adapter logits), in the compute precision
+    training used; leaves the adapter attached."""
+    from mlxsft.adapters import attach_adapter
+    from mlxsft.models import to_compute_precision
+
+    to_compute_precision(loaded)
+    loaded.model.eval()
+    loss_base = response_loss(loaded.model, held_out.items, loaded.tokenizer)
+    attach_adapter(loaded, adapter_dir)  # a mismatched adapter stops here: nothing written
+    return (loss_base, response_loss(loaded.model, held_out.items, loaded.tokenizer),
+            logits_on(loaded.model, held_out.items))
+
+
+def _fuse_weights(loaded, out_dtype: str, fmt: str, quantize: int | None):
+    """Fuse in place, MLX-quantize for --format mlx; (config to write, quantization label)."""
+    from mlxsft.export import hf_config
+    from mlxsft.export_gguf import QUANT_TYPES
+    from mlxsft.models import quantize_model
+
+    fuse_lora_layers(loaded.model, out_dtype)
+    config = hf_config(loaded.config, out_dtype)  # the base's, without its quantization
+    if quantize and fmt == "mlx":
+        group_size = (loaded.quantization or {}).get("group_size", 64)
+        loaded.model, config = quantize_model(loaded.model, config, quantize, group_size)
+        return config, f"{quantize}-bit (group size {group_size})"
+    return config, QUANT_TYPES[quantize] if quantize else None
+
+
+def _check_names(loaded, fmt: str, quantize: int | None) -> list[str]:
+    """Weight names against the base checkpoint's: an error for --format hf, else a note.
+    Float weights only: MLX-quantized ones (.scales, .biases) are for mlx-lm anyway."""
+    from mlx.utils import tree_flatten
+
+    from mlxsft.export import checkpoint_tensor_names, names_missing_from
+
+    if loaded.kind != "hf" or fmt == "gguf" or (quantize and fmt == "mlx"):
+        return []
+    names = [k for k, _ in tree_flatten(loaded.model.parameters())]
+    missing = names_missing_from(names, checkpoint_tensor_names(loaded.path))
+    if missing and fmt == "hf":
+        raise UserError(f"--format hf: mlx-lm names weight {missing[0]} differently from the "
+                        f"base checkpoint, so transformers would not load it; use --format mlx")
+    return [f"weight names differ from the base checkpoint's (e.g. {missing[0]}); mlx-lm "
+            "loads this directory, transformers may not"] if missing else []
+
+
+def _warnings(result: FuseResult) -> list[str]:
+    v, warnings = result.verification, []
+    if not v.tokenizer_matches:
+        warnings.append("the written tokenizer splits the held-out records differently from "
+                        "the base's; check the output's tokenizer files")
+    if v.lost_too_much:
+        what = f"quantizing to {result.quantization}" if result.quantization else \
+            f"saving in {result.dtype}"
+        kept = (f"; it keeps {v.kept:.0%} of the improvement tuning made, losing "
+                f"{1 - v.kept:.0%}" if v.kept is not None else "")
+        fix = ("export in full precision (drop --quantize)" + (" or try --quantize 8" if
+               result.bits == 4 else "")) if result.bits else "export with --dtype float32"
+        warnings.append(f"{what} moved the loss on {v.records} held-out records: base "
+                        f"{v.loss_base:.4f}, tuned {v.loss_tuned:.4f}, fused "
+                        f"{v.loss_fused:.4f} nats/token{kept}; {fix}")
+    return warnings
+
+
+def _card(result: FuseResult, adapter_config: dict) -> str:
+    from mlxsft.export import model_card
+
+    v = result.verification
+    stored = (f"quantized {result.quantization} (from {result.dtype})" if result.quantization
+              else result.dtype)
+    body = [
+        "## Verification", "",
+        f"Response-only loss (nats/token) on {v.records} held-out records from "
+        f"`{v.source}` ({v.supervised_tokens} supervised tokens):", "",
+        "| model | loss |", "|---|---|", f"| base | {v.loss_base:.4f} |",
+        f"| base + adapter | {v.loss_tuned:.4f} |", f"| this model | {v.loss_fused:.4f} |", "",
+        f"Max |logit difference| between this model and base + adapter: "
+        f"{v.max_logit_diff:.3g} over {v.compared_positions} positions.",
+        *[line for w in result.warnings for line in ("", f"Warning: {w}")]]
+    return model_card(result.out.name, result.base, result.adapter, adapter_config,
+                      f"Fused weights ({stored}, {result.format} layout) of", body,
+                      "mlx" if result.format == "mlx" else "transformers")
