@@ -208,6 +208,32 @@ def cmd_chat(args) -> int:
     return 0
 
 
+# -- fuse / export-adapter ------------------------------------------------------------
+def cmd_fuse(args) -> int:
+    from mlxsft.fuse import fuse
+
+    result = fuse(args.adapter, args.out, args.model, args.format, args.dtype, args.quantize)
+    if args.json:
+        print(json.dumps(result.to_json()))
+        return 0
+    print(result.render())
+    for warning in result.warnings:
+        print(f"mlxsft: warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def cmd_export_adapter(args) -> int:
+    from mlxsft.export import export_peft
+
+    result = export_peft(args.adapter, args.out, args.base)
+    print(f"wrote a PEFT LoRA adapter to {result.out}: {result.modules} modules, r "
+          f"{result.rank}, lora_alpha {result.lora_alpha:g}, base "
+          f"{result.base_model_name_or_path}")
+    for note in result.notes:
+        print(f"mlxsft: note: {note}", file=sys.stderr)
+    return 0
+
+
 # -- bench -----------------------------------------------------------------------------
 def cmd_bench(args) -> int:
     from mlxsft.bench import run_bench
@@ -305,6 +331,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="with --prompt: one JSON object per "
                    "prompt with each model's answer")
     p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("fuse", help="fuse an adapter into its base and save a model "
+                       "(MLX/HF safetensors or GGUF), verified",
+                       description="W' = W + scale * B A into the base (de-quantized first), "
+                       "saved in full precision or re-quantized; then the saved model is "
+                       "loaded back and compared with base + adapter on held-out records "
+                       "(max |logit diff|, response-only loss). OUT appears only when done.")
+    p.add_argument("--adapter", required=True, help="adapter directory (a run directory, "
+                   "its best/ or a checkpoint)")
+    p.add_argument("--out", required=True, help="the model directory (or .gguf file) to write")
+    p.add_argument("--model", default=None, help="base model (default: the adapter's base)")
+    p.add_argument("--format", default="mlx", choices=("mlx", "hf", "gguf"),
+                   help="mlx: directory for mlx-lm (may be quantized); hf: full-precision "
+                   "directory for transformers and mlx-lm; gguf: one llama.cpp file "
+                   "(llama, mistral, qwen2, qwen3) (default: mlx)")
+    p.add_argument("--dtype", default=None, choices=("float16", "bfloat16", "float32"),
+                   help="float type written (default: the base's; float16 for a quantized "
+                   "base)")
+    p.add_argument("--quantize", type=int, choices=(4, 8), default=None, metavar="BITS",
+                   help="re-quantize: 4 or 8 bits (MLX affine, the base's group size or 64; "
+                   "GGUF Q4_1 / Q8_0); the loss change is reported")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_fuse)
+
+    p = sub.add_parser("export-adapter", help="write the adapter for other tools (PEFT)",
+                       description="Write adapter_model.safetensors and adapter_config.json "
+                       "in PEFT's layout (lora_A [r, in], lora_B [out, r], lora_alpha = "
+                       "scale * r) for peft.PeftModel.from_pretrained on the transformers "
+                       "version of the base.")
+    p.add_argument("--adapter", required=True, help="adapter directory")
+    p.add_argument("--format", default="peft", choices=("peft",))
+    p.add_argument("--out", required=True, help="the directory to write")
+    p.add_argument("--base", default=None, help="base_model_name_or_path to record (default: "
+                   "the adapter's base; give the Hugging Face id when it was a GGUF file)")
+    p.set_defaults(func=cmd_export_adapter)
 
     p = sub.add_parser("bench", help="time the training step: tokens/s, memory, %% of peak",
                        description="Run the real compiled training step on fixed-shape batches "
