@@ -9,6 +9,7 @@ second of training, the first report window, which includes compilation, left ou
 the peak resident memory of its process, and their ratio.
 
     python examples/bench_vs_mlx_lm.py [--iters 30] [--batch-size 4] [--seq-len 256]
+    python examples/bench_vs_mlx_lm.py --write-model llama50m   # keep the model for `mlxsft bench`
 
 Not part of the test suite: it takes minutes and its figures depend on the machine.
 """
@@ -83,7 +84,20 @@ def main() -> None:
     ap.add_argument("--intermediate", type=int, default=1728)
     ap.add_argument("--peer-as-installed", action="store_true",
                     help="run plain `python -m mlx_lm lora` (MLX's bundled BLAS on Linux)")
+    ap.add_argument("--write-model", type=Path, metavar="DIR",
+                    help="only write the model (DIR/model) and data (DIR/data), for "
+                    "`mlxsft bench --model DIR/model`, and exit")
     args = ap.parse_args()
+    if args.write_model:
+        if args.write_model.exists():
+            raise SystemExit(f"{args.write_model} exists; name a new directory")
+        args.write_model.mkdir(parents=True)
+        model, data = build(args.write_model, args.seq_len, 4 * args.batch_size * 4,
+                            args.layers, args.hidden, args.intermediate)
+        print(f"wrote {model} and {data}\n  mlxsft bench --model {model} --batch-size "
+              f"{args.batch_size} --seq-len {args.seq_len}\n  MLXSFT_NO_BLAS=1 mlxsft bench "
+              f"--model {model} --batch-size {args.batch_size} --seq-len {args.seq_len} --steps 2")
+        return
     report = max(2, args.iters // 5)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
