@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mlxsft.checkpoints import read_adapter_config
+from mlxsft.checkpoints import ADAPTER_WEIGHTS, load_safetensors, read_adapter_config
 from mlxsft.errors import UserError
 
 
@@ -27,6 +27,8 @@ def attach_adapter(loaded, adapter_dir: str | Path) -> dict:
             raise UserError(f"--adapter {adapter_dir}: {trained_on} ({key} {want}), but "
                             f"--model {loaded.source} has {key} {have}; pass the adapter's "
                             "base model")
+    # A damaged file is not a mismatch: say so before mlx-lm reads it.
+    load_safetensors(adapter_dir / ADAPTER_WEIGHTS, f"--adapter {adapter_dir}")
     try:
         load_adapters(loaded.model, str(adapter_dir))
     except (ValueError, KeyError, AttributeError) as e:

@@ -83,9 +83,31 @@ def read_adapter_config(directory: str | Path) -> dict[str, Any]:
         raise UserError(f"--adapter {directory}: expected {ADAPTER_CONFIG} and "
                         f"{ADAPTER_WEIGHTS} (a run directory, or its best/ or a checkpoint)")
     try:
-        return json.loads(config_path.read_text())
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"{config_path}: not UTF-8 text; the adapter is damaged, use another "
+                        "checkpoint or train again") from None
     except json.JSONDecodeError as e:
         raise UserError(f"{config_path}:{e.lineno}: invalid JSON ({e.msg})") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{config_path}: expected a JSON object, found "
+                        f"{type(config).__name__}; the adapter is damaged, use another "
+                        "checkpoint or train again")
+    return config
+
+
+def load_safetensors(path: str | Path, what: str) -> dict:
+    """mx.load of a .safetensors file, a damaged or truncated one as a `UserError`."""
+    import mlx.core as mx
+
+    from mlxsft.errors import UserError
+
+    try:
+        return mx.load(str(path))
+    except (RuntimeError, ValueError, OSError) as e:
+        detail = " ".join(str(e).split())
+        raise UserError(f"{what}: {path} is unreadable ({detail}); it is truncated or corrupt, "
+                        "use another checkpoint or copy it again") from None
 
 
 class MetricsLog:

@@ -23,6 +23,35 @@ from mlxsft.errors import UserError  # noqa: E402
 from mlxsft.models import DEFAULT_MODEL  # noqa: E402
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as the one line every other mlxsft error is."""
+
+    def error(self, message: str):
+        self.exit(2, f"mlxsft: error: {message}; see `{self.prog} --help`\n")
+
+
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value}: must be at least {low}")
+        return value
+    return parse
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text}: must be 0 or more")
+    return value
+
+
 def _model_flag(parser, required=False, help_extra=""):
     parser.add_argument("--model", default=None if not required else DEFAULT_MODEL,
                         help="base model: a Hugging Face directory, a hub id, a .gguf file, or "
@@ -37,7 +66,7 @@ def _mask_flags(parser):
     parser.add_argument("--mask", default="assistant", choices=MASK_MODES,
                         help="what carries loss: assistant (every assistant turn with its "
                         "end-of-turn token), last (final assistant turn), all (every token)")
-    parser.add_argument("--max-seq-len", type=int, default=1024,
+    parser.add_argument("--max-seq-len", type=_int_at_least(2), default=1024,
                         help="truncate longer records to this many tokens (default: 1024)")
     parser.add_argument("--skip-invalid", action="store_true",
                         help="skip invalid records (and count them) instead of stopping")
@@ -76,8 +105,9 @@ def cmd_data_check(args) -> int:
 class ProgressPrinter:
     """Renders trainer events: a live progress line on a terminal, plain lines otherwise."""
 
-    def __init__(self, stream=None):
+    def __init__(self, stream=None, errors=None):
         self.stream = stream = stream or sys.stdout
+        self.errors = errors or sys.stderr
         self.tty = stream.isatty()
         self.val_loss = None
         self.open_line = False
@@ -124,7 +154,11 @@ class ProgressPrinter:
                 parts.append(f"best validation loss {event.best_val_loss:.4f}")
             self._line("; ".join(parts) + f"; adapter: {event.adapter_dir}")
         elif isinstance(event, ev.Failed):
-            self._line(f"mlxsft: error: {event.message}")
+            if self.open_line:
+                self.stream.write("\n")
+                self.open_line = False
+            self.stream.flush()
+            print(f"mlxsft: error: {event.message}", file=self.errors, flush=True)
 
     def progress(self, e) -> str:
         width = 20
@@ -176,7 +210,9 @@ def cmd_train(args) -> int:
                 status = 1
     finally:
         signal.signal(signal.SIGINT, previous)
-    return status
+    # Stopped by Ctrl-C: the adapter is saved, but a script's `train && fuse` should not
+    # go on as if the run had finished.
+    return status or (130 if stop["requested"] else 0)
 
 
 # -- eval ------------------------------------------------------------------------------
@@ -266,7 +302,7 @@ def cmd_tui(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from mlxsft.config import add_arguments
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="mlxsft", description="Local instruction tuning (SFT) on MLX: response-only "
         "loss masks, LoRA/QLoRA, a compiled training step.")
     parser.add_argument("--version", action="version", version=f"mlxsft {__version__}")
@@ -291,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("data", help="a .jsonl file or a directory with train.jsonl / valid.jsonl")
     _model_flag(c)
     _mask_flags(c)
-    c.add_argument("--show", type=int, default=0, metavar="N",
+    c.add_argument("--show", type=_int_at_least(0), default=0, metavar="N",
                    help="print N records with masked (dim) and supervised (bold green) tokens")
     c.add_argument("--json", action="store_true",
                    help="one JSON object per record (line, tokens, loss_mask) and a summary")
@@ -308,7 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", default=None, help="adapter directory (a run directory, its "
                    "best/ or a checkpoint)")
     _mask_flags(p)
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--batch-size", type=_int_at_least(1), default=4,
+                   help="records per forward pass (default: 4)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_eval)
 
@@ -326,8 +363,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", metavar="FILE", help="a file of prompts, one per line (or "
                    "JSON lines with a 'prompt' field)")
     p.add_argument("--system", default=None, help="a system message for every conversation")
-    p.add_argument("--max-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default)")
+    p.add_argument("--max-tokens", type=_int_at_least(1), default=256,
+                   help="longest answer in tokens (default: 256)")
+    p.add_argument("--temperature", type=_non_negative_float, default=0.0,
+                   help="0 is greedy (default)")
     p.add_argument("--json", action="store_true", help="with --prompt: one JSON object per "
                    "prompt with each model's answer")
     p.set_defaults(func=cmd_chat)
@@ -373,12 +412,16 @@ def build_parser() -> argparse.ArgumentParser:
                        "tokens/s, seconds/step, peak memory, and model FLOPs/token against a "
                        "measured fp32 matmul peak. Use it to pick a batch size.")
     p.add_argument("--model", default=None, help=f"base model (default: {DEFAULT_MODEL})")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--seq-len", type=int, default=256)
-    p.add_argument("--steps", type=int, default=10, help="timed steps (default: 10)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation)")
+    p.add_argument("--batch-size", type=_int_at_least(1), default=4,
+                   help="records per step (default: 4)")
+    p.add_argument("--seq-len", type=_int_at_least(2), default=256,
+                   help="tokens per record (default: 256)")
+    p.add_argument("--steps", type=_int_at_least(1), default=10,
+                   help="timed steps (default: 10)")
+    p.add_argument("--warmup", type=_int_at_least(0), default=2,
+                   help="untimed steps first, for compilation (default: 2)")
     p.add_argument("--fine-tune", default="lora", choices=("lora", "full"))
-    p.add_argument("--lora-rank", type=int, default=8)
+    p.add_argument("--lora-rank", type=_int_at_least(1), default=8, help="(default: 8)")
     p.add_argument("--quantize", type=int, choices=(4, 8), default=None)
     p.add_argument("--keep-quantized", action="store_true",
                    help="on Linux, time quantized compute instead of de-quantized float32")

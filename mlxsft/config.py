@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -99,7 +100,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls=TrainConfig) -> None:
     hints = _hints(cls)
     for f in dataclasses.fields(cls):
         meta, tp = f.metadata, _base_type(hints[f.name])
-        default = f"(default: {f.default})" if f.default not in (None, False) else ""
+        # `0 in (None, False)` is True: compare by identity so 0 and 0.0 are shown.
+        default = (f"(default: {f.default})" if f.default is not None and f.default is not False
+                   else "")
         help_text = f"{meta['help']} {default}".strip()
         if meta.get("positional"):
             parser.add_argument(f.name, nargs="?", default=None, help=help_text)
@@ -121,8 +124,13 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise UserError(f"--config {path}: no such file")
+    if not path.is_file():
+        raise UserError(f"--config {path}: not a file; pass a YAML file of option: value")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise UserError(f"--config {path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at "
+                        f"offset {e.start}); pass a YAML file saved as UTF-8") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -152,7 +160,43 @@ def build_config(args: argparse.Namespace | dict, yaml_path: str | None = None,
     for f in dataclasses.fields(cls):
         if f.name in values:
             values[f.name] = _coerce(f, _base_type(hints[f.name]), values[f.name], yaml_path)
-    return cls(**values)
+    config = cls(**values)
+    if cls is TrainConfig:
+        validate(config)
+    return config
+
+
+# (field, predicate, what it must be): checked after flags and YAML are merged, so a bad
+# value fails here, in one line, before a model is loaded or a run directory is made.
+_RULES = [
+    ("batch_size", lambda v: v >= 1, "at least 1"),
+    ("grad_accum", lambda v: v >= 1, "at least 1"),
+    ("iters", lambda v: v is None or v >= 1, "at least 1 (leave it out to use --epochs)"),
+    ("epochs", lambda v: math.isfinite(v) and v > 0, "a number above 0"),
+    ("learning_rate", lambda v: math.isfinite(v) and v > 0, "a number above 0, e.g. 1e-4"),
+    ("warmup", lambda v: math.isfinite(v) and v >= 0,
+     "0 or more (a fraction of the steps below 1, else a number of steps)"),
+    ("weight_decay", lambda v: math.isfinite(v) and v >= 0, "0 or more"),
+    ("grad_clip", lambda v: math.isfinite(v) and v >= 0, "0 (off) or more"),
+    ("lora_rank", lambda v: v >= 1, "at least 1"),
+    ("lora_alpha", lambda v: math.isfinite(v) and v > 0, "above 0 (the update is scaled by "
+     "alpha / rank)"),
+    ("lora_dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("lora_layers", lambda v: v == -1 or v >= 1, "-1 (all) or at least 1"),
+    ("max_seq_len", lambda v: v >= 2, "at least 2"),
+    ("steps_per_report", lambda v: v >= 1, "at least 1"),
+    ("steps_per_eval", lambda v: v >= 0, "0 (only at the end) or more"),
+    ("steps_per_save", lambda v: v >= 0, "0 (only at the end) or more"),
+    ("val_batches", lambda v: v == -1 or v >= 1, "-1 (all) or at least 1"),
+]
+
+
+def validate(config: TrainConfig) -> None:
+    """Raise a one-line `UserError` for the first out-of-range option."""
+    for name, ok, what in _RULES:
+        value = getattr(config, name)
+        if not ok(value):
+            raise UserError(f"--{name.replace('_', '-')} {value}: must be {what}")
 
 
 def _coerce(f: dataclasses.Field, tp, value, source):

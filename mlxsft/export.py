@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from mlxsft.checkpoints import ADAPTER_WEIGHTS, read_adapter_config
+from mlxsft.checkpoints import ADAPTER_WEIGHTS, load_safetensors, read_adapter_config
 from mlxsft.errors import UserError
 
 PEFT_WEIGHTS = "adapter_model.safetensors"
@@ -239,7 +239,7 @@ def export_peft(adapter: str | Path, out: str | Path, base: str | None = None) -
         raise UserError(f"--adapter {adapter_dir}: a {kind} fine-tune, not LoRA; PEFT export "
                         "needs a LoRA adapter (use `mlxsft fuse` for full fine-tunes)")
     check_out_free(Path(out))
-    weights = mx.load(str(adapter_dir / ADAPTER_WEIGHTS))
+    weights = load_safetensors(adapter_dir / ADAPTER_WEIGHTS, f"--adapter {adapter_dir}")
     tensors = peft_tensors(weights)
     modules = sorted({n.rsplit(".", 1)[0] for n in weights})
     rank = config["lora_parameters"]["rank"]

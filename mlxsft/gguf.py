@@ -93,6 +93,8 @@ class _Reader:
 
     def string(self) -> str:
         n = self.unpack("<Q")
+        if n > len(self.buf):  # longer than the whole file: a damaged length, not a short file
+            raise ValueError(f"a string of {n} bytes at offset {self.pos - 8}")
         if self.pos + n > len(self.buf):
             raise _Truncated
         text = bytes(self.buf[self.pos:self.pos + n]).decode("utf-8")
@@ -104,6 +106,8 @@ class _Reader:
             return self.string()
         if kind == _ARRAY:
             item_kind, count = self.unpack("<I"), self.unpack("<Q")
+            if count > len(self.buf):
+                raise ValueError(f"an array of {count} items at offset {self.pos - 12}")
             if item_kind in _NUMPY:
                 import numpy as np
 
@@ -166,6 +170,8 @@ def _parse(reader: _Reader, path: Path, size: int) -> GGUFHeader:
     if version not in (2, 3):
         raise ValueError(f"GGUF version {version}; only versions 2 and 3 are read")
     n_tensors, n_kv = reader.unpack("<Q"), reader.unpack("<Q")
+    if n_tensors > size or n_kv > size:
+        raise ValueError(f"{n_tensors} tensors and {n_kv} metadata entries in a {size}-byte file")
     metadata = {}
     for _ in range(n_kv):
         key = reader.string()
@@ -373,7 +379,7 @@ def load_gguf(path, *, dequantize: bool = False):
     if (problem := _problem(header)) is not None:
         raise UserError(f"{header.path}: {problem}")
     config = _model_config(header)
-    tokenizer = build_tokenizer(header)
+    tokenizer = _build_tokenizer(header)
     weights = _read_weights(header, config)
     layers = _quantized_layers(weights)
     if dequantize:
@@ -416,4 +422,14 @@ def load_gguf(path, *, dequantize: bool = False):
 
 def load_gguf_tokenizer(path):
     """The `PreTrainedTokenizerFast` a GGUF file describes (no weight is read)."""
-    return build_tokenizer(read_gguf_header(path))
+    return _build_tokenizer(read_gguf_header(path))
+
+
+def _build_tokenizer(header: GGUFHeader):
+    try:
+        return build_tokenizer(header)
+    except UserError:
+        raise
+    except Exception as e:  # tokenizers raises a bare Exception for an inconsistent vocabulary
+        raise UserError(f"{header.path}: its tokenizer metadata is damaged "
+                        f"({' '.join(str(e).split())[:200]}); fetch the file again") from None

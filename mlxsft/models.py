@@ -114,6 +114,16 @@ def _check_hf_dir(path: Path, spec: str) -> None:
                 "can run arbitrary code, so mlxsft refuses it. Convert the model to "
                 "safetensors first (e.g. `mlx_lm.convert --hf-path ...`)")
         raise UserError(f"--model {spec}: no *.safetensors weights in {path}")
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        where = f":{e.lineno}" if isinstance(e, json.JSONDecodeError) else ""
+        raise UserError(f"--model {spec}: {path / 'config.json'}{where} is not valid JSON "
+                        f"({getattr(e, 'msg', 'not UTF-8')}); fix it or download the model "
+                        "again") from None
+    if not isinstance(config, dict) or not config.get("model_type"):
+        raise UserError(f"--model {spec}: {path / 'config.json'} has no 'model_type'; it is not "
+                        "a Hugging Face transformers model config")
 
 
 def load_tokenizer(spec: str | None = None, trust_remote_code: bool = False):
@@ -164,7 +174,10 @@ def load_model(spec: str | None = None, quantize: int | None = None,
             if "trust_remote_code" in str(e):
                 raise UserError(f"--model {source}: needs to run its own Python code to build "
                                 "the model; pass --trust-remote-code if you trust it") from None
-            raise UserError(f"--model {source}: {str(e).splitlines()[0]}") from None
+            raise UserError(f"--model {source}: {_one_line(e)}") from None
+        except RuntimeError as e:  # mx.load: a truncated or corrupt *.safetensors
+            raise UserError(f"--model {source}: could not read its weights ({_one_line(e)}); "
+                            "download or copy the model again") from None
         tokenizer = _hf_tokenizer(path, source, trust_remote_code, _eos_ids(config))
         if dequantize and config.get("quantization"):
             from mlx_lm.utils import dequantize_model
@@ -181,6 +194,12 @@ def load_model(spec: str | None = None, quantize: int | None = None,
         notes.append(f"quantized the base to {quantize} bits (group size "
                      f"{config['quantization']['group_size']}) for QLoRA")
     return LoadedModel(model, tokenizer, config, source, path, kind, notes)
+
+
+def _one_line(error: Exception, limit: int = 300) -> str:
+    """An exception's message on one line (mlx-lm lists missing weights one per line)."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _eos_ids(config: dict):

@@ -13,6 +13,7 @@ equals one big batch.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -46,14 +47,22 @@ class PreparedData:
     messages: list[str] = field(default_factory=list)
 
 
-def prepare_data(config: TrainConfig, tokenizer) -> PreparedData:
-    """Read, validate, tokenize and mask the training and validation data."""
+def read_data(config: TrainConfig) -> dict:
+    """Read and validate the data files (no tokenizer needed): split name -> DataFile."""
     if not config.data:
         raise UserError("no training data: pass DATA (a .jsonl file or a directory with "
                         "train.jsonl)")
     splits = load_splits(config.data, config.skip_invalid)
+    if config.valid:
+        splits["valid"] = read_jsonl(config.valid, config.skip_invalid)
+    return splits
+
+
+def prepare_data(config: TrainConfig, tokenizer, splits: dict | None = None) -> PreparedData:
+    """Read, validate, tokenize and mask the training and validation data."""
+    splits = splits if splits is not None else read_data(config)
     train_file = splits["train"]
-    valid_file = read_jsonl(config.valid, config.skip_invalid) if config.valid else splits.get("valid")
+    valid_file = splits.get("valid")
     masker = Masker(tokenizer, config.mask, config.max_seq_len)
     messages = list(masker.warnings)
     out = {}
@@ -143,22 +152,47 @@ class Trainer:
         from mlxsft.models import load_model
 
         config = self.config
-        if self.resume_from is None and self.run_dir.exists() and any(self.run_dir.iterdir()):
-            raise UserError(f"--out {self.run_dir}: already holds files; choose a new run "
-                            "directory so nothing is overwritten")
+        # Everything the user can get wrong that needs no model is checked first, so a typo
+        # is reported in a second, not after loading a multi-gigabyte model.
+        self._check_run_dir()
+        splits = read_data(config)
         mx.random.seed(config.seed)
         if self.loaded is None:
             self.loaded = load_model(config.model, quantize=config.quantize,
                                      trust_remote_code=config.trust_remote_code)
-        self.data = prepare_data(config, self.loaded.tokenizer)
+        self.data = prepare_data(config, self.loaded.tokenizer, splits)
         self.prepare_model()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        return self.loaded.notes + self.data.messages
+
+    def _check_run_dir(self) -> None:
+        run_dir = self.run_dir
+        if run_dir.exists() and not run_dir.is_dir():
+            raise UserError(f"--out {run_dir}: is a file; choose a new run directory")
+        if self.resume_from is None and run_dir.exists() and any(run_dir.iterdir()):
+            raise UserError(f"--out {run_dir}: already holds files; choose a new run "
+                            "directory so nothing is overwritten")
+        created = not run_dir.exists()
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"--out {run_dir}: cannot create it ({e.strerror}); choose a "
+                            "directory you can write to") from None
+        self._created_run_dir = created
+        if not os.access(run_dir, os.W_OK | os.X_OK):
+            raise UserError(f"--out {run_dir}: not writable; choose a directory you can "
+                            "write to")
+
+    def _write_config(self) -> None:
+        """RUN/config.yaml, with local paths made absolute so --resume works from any
+        directory; written only once the run is about to start."""
         import yaml
 
-        atomic_write_text(self.run_dir / "config.yaml",
-                          yaml.safe_dump(config.resolved() | {"out": str(self.run_dir)},
-                                         sort_keys=False))
-        return self.loaded.notes + self.data.messages
+        resolved = self.config.resolved() | {"out": str(self.run_dir)}
+        for key in ("data", "valid", "model"):
+            value = resolved.get(key)
+            if value and Path(value).expanduser().exists():
+                resolved[key] = str(Path(value).expanduser().resolve())
+        atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
 
     def prepare_model(self) -> None:
         """Compute precision, LoRA (or unfreeze for full), gradient checkpointing."""
@@ -212,18 +246,27 @@ class Trainer:
 
     def restore(self, directory: Path) -> int:
         """Load adapter weights and optimizer state saved by `save`; return their step."""
-        import mlx.core as mx
         from mlx.utils import tree_unflatten
 
-        from mlxsft.checkpoints import ADAPTER_WEIGHTS, read_adapter_config
+        from mlxsft.checkpoints import ADAPTER_WEIGHTS, load_safetensors, read_adapter_config
 
         saved = read_adapter_config(directory)
-        self.loaded.model.load_weights(list(mx.load(str(directory / ADAPTER_WEIGHTS)).items()),
-                                       strict=False)
+        for key in ("model_type", "hidden_size", "num_hidden_layers"):
+            want, have = saved.get(key), self.loaded.config.get(key)
+            if want is not None and have is not None and want != have:
+                raise UserError(f"--resume {directory}: trained on {saved.get('base_model')} "
+                                f"({key} {want}), but --model {self.loaded.source} has {key} "
+                                f"{have}; drop --model to resume on the run's own base")
+        weights = load_safetensors(directory / ADAPTER_WEIGHTS, f"--resume {directory}")
+        try:
+            self.loaded.model.load_weights(list(weights.items()), strict=False)
+        except ValueError as e:
+            raise UserError(f"--resume {directory}: the saved adapter does not fit this model "
+                            f"({' '.join(str(e).split())[:200]})") from None
         if (directory / OPTIMIZER_STATE).exists():
             # In place: the compiled step holds this very dict as its state.
-            self.optimizer.state.update(tree_unflatten(
-                list(mx.load(str(directory / OPTIMIZER_STATE)).items())))
+            self.optimizer.state.update(tree_unflatten(list(load_safetensors(
+                directory / OPTIMIZER_STATE, f"--resume {directory}").items())))
         return int(saved.get("step", 0))
 
     # -- the compiled step -----------------------------------------------------------
@@ -309,17 +352,26 @@ class Trainer:
         from mlxsft.batching import iterate_batches, steps_per_epoch
 
         start = time.perf_counter()
-        messages = self._setup()
         config = self.config
-        per_epoch = steps_per_epoch(len(self.data.train), config.batch_size, config.grad_accum)
-        total_steps = config.iters or max(1, math.ceil(config.epochs * per_epoch))
-        self._build_step(total_steps)
-        start_step = self.restore(self.resume_from) if self.resume_from else 0
-        if start_step >= total_steps:
-            raise UserError(f"--resume {self.resume_from}: already at step {start_step} of "
-                            f"{total_steps}; pass a larger --iters to train on")
-        if start_step:
-            messages.append(f"resumed from {self.resume_from} at step {start_step}")
+        try:
+            messages = self._setup()
+            per_epoch = steps_per_epoch(len(self.data.train), config.batch_size,
+                                        config.grad_accum)
+            total_steps = config.iters or max(1, math.ceil(config.epochs * per_epoch))
+            self._build_step(total_steps)
+            start_step = self.restore(self.resume_from) if self.resume_from else 0
+            if self.resume_from and start_step >= total_steps:
+                raise UserError(f"--resume {self.resume_from}: already at step {start_step} of "
+                                f"{total_steps}; pass a larger --iters to train on")
+            if start_step:
+                messages.append(f"resumed from {self.resume_from} at step {start_step}")
+            self._write_config()
+        except BaseException:
+            # Nothing was written: leave no empty run directory behind.
+            if (getattr(self, "_created_run_dir", False) and self.run_dir.is_dir()
+                    and not any(self.run_dir.iterdir())):
+                self.run_dir.rmdir()
+            raise
         log = MetricsLog(self.run_dir / "metrics.jsonl")
 
         def emit(event):
