@@ -449,9 +449,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminated(signum, frame):
+    raise KeyboardInterrupt  # so a staged OUT's temporary directory is removed
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.func in (cmd_fuse, cmd_export_adapter):
+        signal.signal(signal.SIGTERM, _terminated)
     try:
         return args.func(args)
     except UserError as e:

@@ -16,6 +16,7 @@ Fusing the adapter into the weights is `mlxsft.fuse`; GGUF is `mlxsft.export_ggu
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -41,20 +42,73 @@ def check_out_free(out: Path) -> None:
                         "(nothing was written)")
 
 
+def check_out_writable(out: Path) -> None:
+    """Refuse now, before any work, an OUT whose directory cannot be written (read-only
+    file system, no permission, a file in the way)."""
+    existing = next(p for p in (out.parent, *out.parent.parents, Path(".")) if p.exists())
+    if not existing.is_dir():
+        raise UserError(f"--out {out}: {existing} is a file, not a directory; choose another "
+                        "path (nothing was written)")
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".mlxsft-probe."))
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot write in {existing} ({e.strerror or e}); choose "
+                        "a writable path (nothing was written)") from None
+
+
+def check_free_space(out: Path, needed: int) -> None:
+    """Refuse before writing when OUT's file system has clearly too little room."""
+    existing = next(p for p in (out.parent, *out.parent.parents, Path(".")) if p.exists())
+    free = shutil.disk_usage(existing).free
+    if free < needed:
+        raise UserError(f"--out {out}: needs about {needed / 2**20:,.1f} MiB but {existing} has "
+                        f"{free / 2**20:,.1f} MiB free; free some space or choose another path "
+                        "(nothing was written)")
+
+
+# Errors of the file system (not of our code) while writing OUT: reported in one line.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EIO}
+
+
+def _write_failure(e: Exception, where: Path) -> str | None:
+    """A one-line reason when `e` is the file system refusing a write, else None. Only
+    OSError carries an errno; MLX ("[write] Unable to write ..."), tokenizers ("os error
+    28") and NumPy's tofile report a full disk in their own words, so look at the disk."""
+    if isinstance(e, OSError) and e.errno in _WRITE_ERRNOS:
+        return e.strerror
+    try:
+        full = shutil.disk_usage(where).free < 2**20
+    except OSError:
+        full = False
+    return "no space left on the device" if full else None
+
+
 @contextmanager
 def staged(out: str | Path, single_file: bool = False) -> Iterator[Path]:
     """Yield where to write (a temporary directory next to `out`, or a file inside it when
     `single_file`); rename it to `out` when the block completes, delete it when it fails."""
     out = Path(out)
     check_out_free(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot write there ({e.strerror or e}); choose a "
+                        "writable path (nothing was written)") from None
     umask = os.umask(0)
     os.umask(umask)
     tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; OUT should look like any directory
     target = tmp / out.name if single_file else tmp
     try:
-        yield target
+        try:
+            yield target
+        except UserError:
+            raise
+        except Exception as e:
+            if (reason := _write_failure(e, tmp)) is None:
+                raise
+            raise UserError(f"--out {out}: writing failed ({reason}); nothing was written "
+                            "(free some space or choose another path)") from None
         check_out_free(out)  # something may have appeared there while we worked
         if out.is_dir():
             out.rmdir()  # an empty directory the user made for us
@@ -64,17 +118,24 @@ def staged(out: str | Path, single_file: bool = False) -> Iterator[Path]:
 
 
 # -- Hugging Face model directories --------------------------------------------------------
-def checkpoint_tensor_names(model_dir: str | Path) -> set[str] | None:
-    """Tensor names in a directory's *.safetensors (headers only), or None if it has none."""
+def checkpoint_tensor_shapes(model_dir: str | Path) -> dict[str, list[int]] | None:
+    """{tensor name: shape} of a directory's *.safetensors (headers only), or None."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         return None
-    names: set[str] = set()
+    shapes: dict[str, list[int]] = {}
     for path in sorted(model_dir.glob("*.safetensors")):
         with open(path, "rb") as f:
             (size,) = struct.unpack("<Q", f.read(8))
-            names |= set(json.loads(f.read(size))) - {"__metadata__"}
-    return names or None
+            header = json.loads(f.read(size))
+        shapes.update({k: v["shape"] for k, v in header.items() if k != "__metadata__"})
+    return shapes or None
+
+
+def checkpoint_tensor_names(model_dir: str | Path) -> set[str] | None:
+    """Tensor names in a directory's *.safetensors (headers only), or None if it has none."""
+    shapes = checkpoint_tensor_shapes(model_dir)
+    return set(shapes) if shapes else None
 
 
 def names_missing_from(names, checkpoint_names: set[str] | None) -> list[str]:
@@ -218,6 +279,42 @@ def peft_config(adapter_config: dict, modules: list[str], base_name: str | None)
     }
 
 
+def _local_config(base: str | None) -> dict | None:
+    """config.json of a local base model directory, else None (a hub id, a GGUF file)."""
+    path = Path(base) / "config.json" if base else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+
+
+def _check_base_fits(adapter_dir: Path, config: dict, base: Path, base_config: dict,
+                     weights: dict) -> None:
+    """The adapter against a local base: its config, then each LoRA matrix against the
+    weight it adapts (headers only). One line naming both, before anything is written."""
+    trained_on = f"trained on {config.get('base_model', 'unknown')}"
+    for key in ("model_type", "hidden_size", "num_hidden_layers"):
+        want, have = config.get(key), base_config.get(key)
+        if want is not None and have is not None and want != have:
+            raise UserError(f"--adapter {adapter_dir}: {trained_on} ({key} {want}), but the "
+                            f"base {base} has {key} {have}; pass the adapter's base with --base")
+    shapes = checkpoint_tensor_shapes(base) or {}
+    quantized = bool(base_config.get("quantization"))  # packed input widths: skip those
+    for name, value in sorted(weights.items()):
+        module, _, leaf = name.rpartition(".")
+        shape = shapes.get(f"{module}.weight")
+        if shape is None or len(shape) != 2:
+            continue  # a missing name is reported by the names check
+        fits = (shape[0] == value.shape[1]) if leaf == "lora_b" else \
+            (quantized or shape[1] == value.shape[0])
+        if not fits:
+            raise UserError(f"--adapter {adapter_dir}: {name} {tuple(value.shape)} does not fit "
+                            f"{module}.weight {tuple(shape)} of the base {base} ({trained_on}); "
+                            "pass the adapter's base with --base")
+
+
 @dataclass
 class PeftExport:
     out: Path
@@ -239,6 +336,7 @@ def export_peft(adapter: str | Path, out: str | Path, base: str | None = None) -
         raise UserError(f"--adapter {adapter_dir}: a {kind} fine-tune, not LoRA; PEFT export "
                         "needs a LoRA adapter (use `mlxsft fuse` for full fine-tunes)")
     check_out_free(Path(out))
+    check_out_writable(Path(out))
     weights = load_safetensors(adapter_dir / ADAPTER_WEIGHTS, f"--adapter {adapter_dir}")
     tensors = peft_tensors(weights)
     modules = sorted({n.rsplit(".", 1)[0] for n in weights})
@@ -250,15 +348,21 @@ def export_peft(adapter: str | Path, out: str | Path, base: str | None = None) -
     notes = []
     recorded = config.get("base_model")
     base_name = base or hub_id(recorded) or config.get("base_model_path") or recorded
+    local_base = base or config.get("base_model_path")
+    base_config = _local_config(local_base)
+    if local_base and base_config is not None:
+        _check_base_fits(adapter_dir, config, Path(local_base), base_config, weights)
     if base is None and config.get("base_model_kind") == "gguf" and not hub_id(recorded):
         notes.append(f"the adapter's base is a GGUF file ({recorded}), which PEFT cannot load; "
                      "pass --base with the Hugging Face model it came from")
+    elif base_config is not None and base_config.get("quantization"):
+        notes.append(f"the base {local_base} is MLX-quantized, which transformers cannot load; "
+                     "pass --base with the full-precision Hugging Face model it came from")
     elif config.get("base_quantization"):
         bits = config["base_quantization"].get("bits")
         notes.append(f"the adapter was trained on a {bits}-bit quantized base; on the "
                      f"full-precision {base_name} its outputs differ slightly from training")
     # The module paths are mlx-lm's; check them against the base's checkpoint when we have it.
-    local_base = base or config.get("base_model_path")
     missing = names_missing_from([f"{m}.weight" for m in modules],
                                  checkpoint_tensor_names(local_base) if local_base else None)
     if missing:

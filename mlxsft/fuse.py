@@ -90,8 +90,10 @@ def fuse_lora_layers(model, dtype: str) -> int:
 
     from mlxsft.models import cast_floating
 
+    # float32 scales and biases first: de-quantizing with float16 ones rounds every weight
+    # to float16 (up to an ulp) before the sum. Then one rounding, at the end.
+    cast_floating(model, mx.float32)
     dequantize_model(model)  # also the linears inside LoRA layers
-    cast_floating(model, mx.float32)  # one rounding, at the end, not one per operand
     fused = [(name, module.fuse(dequantize=True)) for name, module in model.named_modules()
              if hasattr(module, "fuse")]
     if fused:
@@ -114,11 +116,12 @@ def fuse(adapter: str | Path, out: str | Path, model: str | None = None, fmt: st
          dtype: str | None = None, quantize: int | None = None) -> FuseResult:
     """Fuse `adapter` into its base (or `model`), write OUT in `fmt`, verify, report."""
     from mlxsft.checkpoints import read_adapter_config
-    from mlxsft.export import check_out_free, staged
+    from mlxsft.export import check_free_space, check_out_free, check_out_writable, staged
 
     adapter_dir, out = Path(adapter), Path(out)
     _check_options(fmt, dtype, quantize)
     check_out_free(out)
+    check_out_writable(out)
     adapter_config = read_adapter_config(adapter_dir)
     loaded, notes = _load_base(adapter_dir, adapter_config, model)
     out_dtype = dtype or stored_float_dtype(loaded)
@@ -133,6 +136,7 @@ def fuse(adapter: str | Path, out: str | Path, model: str | None = None, fmt: st
     reference = _base_and_tuned(loaded, adapter_dir, held_out)
     config, quantization = _fuse_weights(loaded, out_dtype, fmt, quantize)
     notes += _check_names(loaded, fmt, quantize)
+    check_free_space(out, _written_bytes(loaded.model, out_dtype, fmt, quantize))
 
     with staged(out, single_file=fmt == "gguf") as target:
         if fmt == "gguf":
@@ -151,6 +155,17 @@ def fuse(adapter: str | Path, out: str | Path, model: str | None = None, fmt: st
         if fmt != "gguf":
             (target / "README.md").write_text(_card(result, adapter_config))
     return result
+
+
+def _written_bytes(model, out_dtype: str, fmt: str, quantize: int | None) -> int:
+    """About the size of what will be written (GGUF quantizes from float weights)."""
+    from mlx.utils import tree_flatten
+
+    params = tree_flatten(model.parameters())
+    if fmt == "gguf":
+        per_weight = {None: 4 if out_dtype == "float32" else 2, 8: 34 / 32, 4: 20 / 32}[quantize]
+        return int(sum(p.size for _, p in params) * per_weight)
+    return sum(p.nbytes for _, p in params)
 
 
 def _check_options(fmt: str, dtype: str | None, quantize: int | None) -> None:

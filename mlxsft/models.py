@@ -263,6 +263,9 @@ def to_compute_precision(loaded: LoadedModel, keep_quantized: bool = False) -> N
     if loaded.quantization and not keep_quantized:
         from mlx_lm.utils import dequantize_model
 
+        # float32 scales and biases first: mx.dequantize computes in their dtype, and
+        # float16 ones would round each weight (up to an ulp) instead of giving its value.
+        cast_floating(loaded.model, mx.float32)
         loaded.model = dequantize_model(loaded.model)
         loaded.notes.append(f"de-quantized the {loaded.quantization.get('bits')}-bit base to "
                             "float32 for the CPU (same values; quantized matmul is slow on "

@@ -71,8 +71,9 @@ def prepare_data(config: TrainConfig, tokenizer, splits: dict | None = None) -> 
         if data is None:
             continue
         encoded = encode_records(masker, data.records, config.skip_invalid)
-        files.append({"split": name, "path": data.path, "sha256": file_sha256(data.path),
-                      "records": len(data.records)})
+        # Absolute: `mlxsft fuse` re-reads the validation split from wherever it runs.
+        files.append({"split": name, "path": str(Path(data.path).resolve()),
+                      "sha256": file_sha256(data.path), "records": len(data.records)})
         if data.skipped:
             messages.append(f"{data.path}: skipped {len(data.skipped)} invalid records "
                             f"(first: {data.skipped[0]})")

@@ -253,3 +253,34 @@ def test_pre_tokenizer_is_the_llama_cpp_one_that_tokenizes_alike():
     assert md["tokenizer.ggml.pre"] == "llama-bpe"
     assert md["tokenizer.ggml.tokens"][-2:] == ["[PAD600]", "[PAD601]"]  # embedding rows
     assert md["tokenizer.ggml.token_type"][0] == 3 and md["tokenizer.ggml.token_type"][-1] == 5
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"hidden_size": 96}, "(hidden_size 64), but the base"),
+    ({"intermediate_size": 96}, "does not fit model.layers.0.mlp.down_proj.weight (64, 96)"),
+])
+def test_peft_export_refuses_a_base_the_adapter_does_not_fit(adapter, tmp_path, overrides,
+                                                             message):
+    from tiny import save_model_dir
+
+    from mlxsft.export import export_peft
+
+    other = save_model_dir(tmp_path / "other", **overrides)
+    with pytest.raises(UserError) as e:
+        export_peft(adapter, tmp_path / "out", base=str(other))
+    assert message in str(e.value) and "\n" not in str(e.value)
+    assert os.listdir(tmp_path) == ["other"]
+
+
+def test_peft_export_of_an_mlx_quantized_base_asks_for_the_full_precision_one(tiny_data,
+                                                                               tmp_path):
+    from tiny import save_model_dir
+
+    from mlxsft.export import export_peft
+
+    base = save_model_dir(tmp_path / "q4", quantize_bits=4)
+    run = train_adapter(base, tiny_data, tmp_path / "run", iters=2)
+    result = export_peft(run, tmp_path / "peft")
+    assert result.notes == [f"the base {base} is MLX-quantized, which transformers cannot "
+                            "load; pass --base with the full-precision Hugging Face model it "
+                            "came from"]

@@ -257,3 +257,69 @@ def test_built_in_prompts_when_the_validation_data_is_gone(adapter, tmp_path):
     assert result.notes == [f"the run's validation data {tmp_path / 'gone.jsonl'} is gone; "
                             "verifying on built-in prompts instead"]
     assert v.max_logit_diff < 1e-4
+
+
+def test_an_unwritable_out_is_refused_before_any_work(adapter, tmp_path, capsys):
+    from mlxsft.cli import main
+
+    (tmp_path / "afile").write_text("")
+    assert main(["fuse", "--adapter", str(adapter), "--out", str(tmp_path / "afile" / "m")]) == 2
+    assert capsys.readouterr().err == (f"mlxsft: error: --out {tmp_path / 'afile' / 'm'}: "
+                                       f"{tmp_path / 'afile'} is a file, not a directory; "
+                                       "choose another path (nothing was written)\n")
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        assert main(["fuse", "--adapter", str(adapter), "--out", str(locked / "m")]) == 2
+        assert "cannot write in" in capsys.readouterr().err
+        assert os.listdir(locked) == []
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(adapter, tmp_path, monkeypatch, capsys):
+    import errno
+
+    import mlxsft.export
+    from mlxsft.cli import main
+
+    def full(directory, *args, **kwargs):
+        (directory / "model.safetensors").write_bytes(b"half a file")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(mlxsft.export, "write_model_dir", full)
+    assert main(["fuse", "--adapter", str(adapter), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == (f"mlxsft: error: --out {tmp_path / 'out'}: writing "
+                                       "failed (No space left on device); nothing was written "
+                                       "(free some space or choose another path)\n")
+    assert os.listdir(tmp_path) == []
+    monkeypatch.setattr(mlxsft.export.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(
+        10**6, 10**6 - 1000, 1000))
+    with pytest.raises(UserError, match="MiB free; free some space"):
+        from mlxsft.fuse import fuse
+
+        fuse(adapter, tmp_path / "out")
+    assert os.listdir(tmp_path) == []
+
+
+def test_float16_scales_are_dequantized_exactly(tiny_data, tmp_path):
+    """mx.dequantize computes in the scales' dtype: float16 scales (as in real quantized
+    models and GGUF Q4_1/Q8_0) must be widened first, or each weight is rounded to float16."""
+    from tiny import save_model_dir
+
+    from mlxsft.fuse import fuse
+
+    base = save_model_dir(tmp_path / "q4", quantize_bits=4)
+    stored = load_file(str(base / "model.safetensors"))
+    stored = {k: v.astype(np.float16) if v.dtype == np.float32 else v for k, v in stored.items()}
+    mx.save_safetensors(str(base / "model.safetensors"),
+                        {k: mx.array(v) for k, v in stored.items()}, metadata={"format": "mlx"})
+    run = train_adapter(base, tiny_data, tmp_path / "run", iters=2)
+    fuse(run, tmp_path / "fused", dtype="float32")
+    fused = load_file(str(tmp_path / "fused" / "model.safetensors"))
+    deltas = lora_deltas(run)
+    for name, w in fused.items():
+        module = name.removesuffix(".weight")
+        if f"{module}.scales" in stored:
+            exact = unpack_affine(stored[name], stored[f"{module}.scales"].astype(np.float64),
+                                  stored[f"{module}.biases"].astype(np.float64), 32, 4)
+            np.testing.assert_allclose(w, exact + deltas.get(module, 0), rtol=1e-6, atol=1e-6,
+                                       err_msg=name)

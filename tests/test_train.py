@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 
 import pytest
 
@@ -49,6 +50,8 @@ def test_thirty_steps_lower_the_loss_and_write_exactly_the_run_files(tiny_llama,
     assert config["mask"] == "assistant" and config["base_model"] == str(tiny_llama)
     assert [d["split"] for d in config["data"]] == ["train", "valid"]
     assert len(config["data"][0]["sha256"]) == 64
+    # Absolute, so `mlxsft fuse` run from another directory still verifies on the valid split.
+    assert all(os.path.isabs(d["path"]) for d in config["data"])
 
 
 def test_mlx_lm_loads_the_adapter_and_generates(tiny_llama, tiny_data, tmp_path):
