@@ -292,8 +292,19 @@ def cmd_env(args) -> int:
 
 # -- tui -------------------------------------------------------------------------------
 def cmd_tui(args) -> int:
+    from mlxsft.config import load_yaml
     from mlxsft.tui.app import create_app  # the only place the library reaches the TUI
 
+    # A mistyped path is refused here, in one line, rather than after the app has opened;
+    # what can only go wrong later (loading the model) is shown in the app.
+    if args.run and not Path(args.run).is_dir():
+        raise UserError(f"--run {args.run}: no such run directory; pass the directory "
+                        "`mlxsft train --out` wrote (it holds metrics.jsonl)")
+    if args.data and not Path(args.data).exists():
+        raise UserError(f"{args.data}: no such file or directory; pass a .jsonl file or a "
+                        "directory with train.jsonl")
+    if args.config:
+        load_yaml(args.config)
     create_app(data=args.data, model=args.model, config_path=args.config,
                run_dir=args.run).run()
     return 0

@@ -118,3 +118,11 @@ def test_config_that_is_not_utf8_text(tiny_data, tmp_path, capsys):
     assert "UTF-8" in _one_error_line(capsys)
     assert main(["train", str(tiny_data), "--config", str(tmp_path)]) == 2
     assert "not a file" in _one_error_line(capsys)
+
+
+@pytest.mark.parametrize("args", [["--run", "NOPE"], ["NOPE.jsonl"], ["DATA", "--config", "NOPE.yaml"]])
+def test_tui_refuses_a_mistyped_path_before_opening(args, tiny_data, tmp_path, capsys):
+    argv = ["tui", *[str(tiny_data) if a == "DATA" else str(tmp_path / a) if "NOPE" in a else a
+                     for a in args]]
+    assert main(argv) == 2
+    assert "NOPE" in _one_error_line(capsys)
