@@ -62,9 +62,11 @@ def read_prompts(prompts: list[str] | None, prompts_file: str | None) -> list[st
 
 
 def answer_all(models: ChatModels, prompts: list[str], system: str | None, max_tokens: int,
-               temperature: float, as_json: bool, out: TextIO = sys.stdout) -> None:
+               temperature: float, as_json: bool, out: TextIO | None = None) -> None:
     """Answer each prompt once with every model; plain labelled text or JSON lines."""
     from mlxsft.generate import reply, stream_reply
+
+    out = out or sys.stdout  # looked up now: a default of sys.stdout is frozen at import
 
     for prompt in prompts:
         messages = ([{"role": "system", "content": system}] if system else []) + [
@@ -88,9 +90,11 @@ def answer_all(models: ChatModels, prompts: list[str], system: str | None, max_t
 
 
 def interactive(models: ChatModels, system: str | None, max_tokens: int, temperature: float,
-                stdin: TextIO = sys.stdin, out: TextIO = sys.stdout) -> None:
+                stdin: TextIO | None = None, out: TextIO | None = None) -> None:
     """A terminal chat; each model keeps its own history of the conversation."""
     from mlxsft.generate import stream_reply
+
+    stdin, out = stdin or sys.stdin, out or sys.stdout
 
     start = [{"role": "system", "content": system}] if system else []
     histories = {label: list(start) for label, _ in models.answerers}
