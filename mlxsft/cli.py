@@ -411,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "scale * r) for peft.PeftModel.from_pretrained on the transformers "
                        "version of the base.")
     p.add_argument("--adapter", required=True, help="adapter directory")
-    p.add_argument("--format", default="peft", choices=("peft",))
+    p.add_argument("--format", default="peft", choices=("peft",), help="peft (the only one so far)")
     p.add_argument("--out", required=True, help="the directory to write")
     p.add_argument("--base", default=None, help="base_model_name_or_path to record (default: "
                    "the adapter's base; give the Hugging Face id when it was a GGUF file)")
@@ -431,21 +431,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="timed steps (default: 10)")
     p.add_argument("--warmup", type=_int_at_least(0), default=2,
                    help="untimed steps first, for compilation (default: 2)")
-    p.add_argument("--fine-tune", default="lora", choices=("lora", "full"))
-    p.add_argument("--lora-rank", type=_int_at_least(1), default=8, help="(default: 8)")
-    p.add_argument("--quantize", type=int, choices=(4, 8), default=None)
+    p.add_argument("--fine-tune", default="lora", choices=("lora", "full"),
+                   help="lora (default) or full (every weight trains)")
+    p.add_argument("--lora-rank", type=_int_at_least(1), default=8, help="LoRA rank (default: 8)")
+    p.add_argument("--quantize", type=int, choices=(4, 8), default=None,
+                   help="quantize the base on load to 4 or 8 bits (QLoRA)")
     p.add_argument("--keep-quantized", action="store_true",
                    help="on Linux, time quantized compute instead of de-quantized float32")
-    p.add_argument("--grad-checkpoint", action="store_true")
+    p.add_argument("--grad-checkpoint", action="store_true",
+                   help="recompute activations in the backward pass: less memory, more compute")
     p.add_argument("--data", default=None, help="cut batches from this data instead of "
                    "synthetic tokens")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("env", help="this machine: MLX, BLAS, threads, the default model",
                        description="Report versions, MLX's device, whether the optimized BLAS "
                        "is in use (with a measured matmul rate), and the default model.")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_env)
 
     p = sub.add_parser("tui", help="the terminal app: live loss curves, base-vs-tuned chat",

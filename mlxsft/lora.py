@@ -50,10 +50,11 @@ def lora_spec(model, rank: int, alpha: float, dropout: float, layers: int,
     n_layers = len(model.layers)
     if rank < 1:
         raise UserError(f"--lora-rank {rank}: must be at least 1")
-    if layers == -1 or layers > n_layers:
+    if layers == -1:
         layers = n_layers
-    if layers < 1:
-        raise UserError(f"--lora-layers {layers}: must be -1 (all) or 1..{n_layers}")
+    if not 1 <= layers <= n_layers:
+        raise UserError(f"--lora-layers {layers}: this model has {n_layers} layers; use "
+                        f"1..{n_layers} (the last N) or -1 (all)")
     keys = available
     if targets:
         # Accept short names ("q_proj") as well as layer-relative paths.

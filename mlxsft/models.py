@@ -140,9 +140,17 @@ def load_tokenizer(spec: str | None = None, trust_remote_code: bool = False):
     return _hf_tokenizer(path, source, trust_remote_code)
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+
+
 def _hf_tokenizer(path: Path, source: str, trust_remote_code: bool, eos_token_ids=None):
     from mlx_lm.tokenizer_utils import load as load_mlx_tokenizer
 
+    # The files any Hugging Face tokenizer is built from; without one of them transformers'
+    # own message ("Couldn't instantiate the backend tokenizer from one of: ") says nothing.
+    if not any((path / name).exists() for name in TOKENIZER_FILES):
+        raise UserError(f"--model {source}: no tokenizer files in {path} (one of "
+                        f"{', '.join(TOKENIZER_FILES)}); copy them from the model's repository")
     try:
         return load_mlx_tokenizer(path, {"trust_remote_code": trust_remote_code},
                                   eos_token_ids=eos_token_ids)

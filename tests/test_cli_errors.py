@@ -14,7 +14,7 @@ BAD_TRAIN_OPTIONS = [
     ["--max-seq-len", "1"], ["--lora-alpha", "0"], ["--lora-dropout", "1.5"],
     ["--warmup", "-1"], ["--weight-decay", "-1"], ["--steps-per-report", "0"],
     ["--steps-per-eval", "-1"], ["--steps-per-save", "-1"], ["--val-batches", "0"],
-    ["--learning-rate", "abc"],
+    ["--learning-rate", "abc"], ["--lora-layers", "99"],
 ]
 
 
@@ -126,3 +126,12 @@ def test_tui_refuses_a_mistyped_path_before_opening(args, tiny_data, tmp_path, c
                      for a in args]]
     assert main(argv) == 2
     assert "NOPE" in _one_error_line(capsys)
+
+
+def test_model_without_tokenizer_files(tiny_llama, tiny_data, tmp_path, capsys):
+    model = tmp_path / "m"
+    shutil.copytree(tiny_llama, model)
+    for name in ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json"):
+        (model / name).unlink(missing_ok=True)
+    assert main(["eval", str(tiny_data), "--model", str(model)]) == 2
+    assert "no tokenizer files" in _one_error_line(capsys)
