@@ -123,6 +123,9 @@ def test_live_run_plots_steps_stops_with_an_adapter_and_compares(tiny_llama, tin
             assert (out / "adapters.safetensors").exists()
             assert any("stopped early" in text for _, text in app.event_log.entries)
             assert not errors(app)
+            # Before any answer, the Tuned column names the adapter that would answer.
+            assert str(app.query_one("#tuned-column").border_subtitle).startswith(
+                f"saved: final (step {finished.step}")
 
             await ask(pilot, "add 2 3")
             await wait_for(pilot, lambda: any(isinstance(m, ChatUpdate) and m.done

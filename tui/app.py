@@ -141,7 +141,8 @@ class MlxsftApp(App):
         self.run_panel.set_values(self.settings)
         if self.initial["run_dir"]:
             self.open_run_dir(self.initial["run_dir"], keep=given)
-        self.compare.set_sources(self._chat_model(), "no adapter yet")
+        self.compare.set_sources(self._chat_model(), "no adapter yet", answered=False)
+        self.compare.set_adapters(saved_adapters(self.run_dir))
 
     def show_view(self, view: str | None = None) -> None:
         self.view = self.main_screen.show_view(view or self.view)

@@ -107,10 +107,14 @@ def saved_adapters(run_dir: str | Path | None) -> list[SavedAdapter]:
     return out
 
 
+def newest(adapters: list[SavedAdapter]) -> SavedAdapter | None:
+    """The most advanced of these adapters (the final one wins a tie)."""
+    return max(adapters, key=lambda a: (a.step, a.key == "final")) if adapters else None
+
+
 def latest_adapter(run_dir: str | Path | None) -> SavedAdapter | None:
-    """The most advanced adapter saved so far (the final one wins a tie)."""
-    found = saved_adapters(run_dir)
-    return max(found, key=lambda a: (a.step, a.key == "final")) if found else None
+    """The most advanced adapter saved so far."""
+    return newest(saved_adapters(run_dir))
 
 
 def pick_adapter(run_dir: str | Path | None, choice: str) -> SavedAdapter | None:

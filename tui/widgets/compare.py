@@ -16,7 +16,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Input, Select, Static
 
 from mlxsft.tui.messages import ChatUpdate
-from mlxsft.tui.runs import SavedAdapter
+from mlxsft.tui.runs import SavedAdapter, newest
 
 LATEST = "latest"
 
@@ -83,8 +83,13 @@ class ComparePane(Vertical):
         self.adapter_options = options
         select.set_options(options)
         select.value = current if current in {key for _, key in options} else LATEST
+        if adapters and not getattr(self, "answered", False):
+            # Before the first answer the title says what would answer: the newest adapter.
+            self.query_one("#tuned-column").border_subtitle = f"saved: {newest(adapters).label}"
 
-    def set_sources(self, base: str, tuned: str) -> None:
+    def set_sources(self, base: str, tuned: str, answered: bool = True) -> None:
+        """Title the columns: what answered (or, before any answer, what would)."""
+        self.answered = answered
         self.query_one("#base-column").border_subtitle = base
         self.query_one("#tuned-column").border_subtitle = tuned
 
