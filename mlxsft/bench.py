@@ -114,7 +114,8 @@ def run_bench(model: str | None = None, batch_size: int = 4, seq_len: int = 256,
     from mlxsft.batching import iterate_batches
     from mlxsft.config import TrainConfig
     from mlxsft.models import load_model
-    from mlxsft.train import Trainer, prepare_data
+    from mlxsft.prepare import prepare_data
+    from mlxsft.train import Trainer
 
     config = TrainConfig(data=data, model=model or TrainConfig.model, fine_tune=fine_tune,
                          batch_size=batch_size, max_seq_len=seq_len, lora_rank=lora_rank,

@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -27,71 +26,14 @@ from mlxsft.checkpoints import (
     MetricsLog,
     atomic_save_safetensors,
     atomic_write_text,
-    file_sha256,
     save_adapter,
 )
 from mlxsft.config import TrainConfig
-from mlxsft.data import load_splits, read_jsonl
 from mlxsft.errors import UserError
-from mlxsft.masking import Masker, encode_records
+from mlxsft.prepare import prepare_data, read_data
 
 
 OPTIMIZER_STATE = "optimizer.safetensors"
-
-
-@dataclass
-class PreparedData:
-    train: list
-    valid: list
-    files: list[dict]
-    messages: list[str] = field(default_factory=list)
-
-
-def read_data(config: TrainConfig) -> dict:
-    """Read and validate the data files (no tokenizer needed): split name -> DataFile."""
-    if not config.data:
-        raise UserError("no training data: pass DATA (a .jsonl file or a directory with "
-                        "train.jsonl)")
-    splits = load_splits(config.data, config.skip_invalid)
-    if config.valid:
-        splits["valid"] = read_jsonl(config.valid, config.skip_invalid)
-    return splits
-
-
-def prepare_data(config: TrainConfig, tokenizer, splits: dict | None = None) -> PreparedData:
-    """Read, validate, tokenize and mask the training and validation data."""
-    splits = splits if splits is not None else read_data(config)
-    train_file = splits["train"]
-    valid_file = splits.get("valid")
-    masker = Masker(tokenizer, config.mask, config.max_seq_len)
-    messages = list(masker.warnings)
-    out = {}
-    files = []
-    for name, data in (("train", train_file), ("valid", valid_file)):
-        if data is None:
-            continue
-        encoded = encode_records(masker, data.records, config.skip_invalid)
-        # Absolute: `mlxsft fuse` re-reads the validation split from wherever it runs.
-        files.append({"split": name, "path": str(Path(data.path).resolve()),
-                      "sha256": file_sha256(data.path), "records": len(data.records)})
-        if data.skipped:
-            messages.append(f"{data.path}: skipped {len(data.skipped)} invalid records "
-                            f"(first: {data.skipped[0]})")
-        if encoded.failed:
-            messages.append(f"{data.path}: skipped {len(encoded.failed)} records that cannot "
-                            f"be masked (first: {encoded.failed[0]})")
-        if encoded.truncated:
-            messages.append(f"{data.path}: truncated {encoded.truncated} records to "
-                            f"--max-seq-len {config.max_seq_len}")
-        if encoded.zero_supervised:
-            lines = ", ".join(str(t.line) for t in encoded.zero_supervised[:5])
-            messages.append(f"{data.path}: excluded {len(encoded.zero_supervised)} records with "
-                            f"no supervised tokens (lines {lines})")
-        out[name] = encoded.items
-    if not out["train"]:
-        raise UserError(f"{train_file.path}: no record has supervised tokens to train on; "
-                        "check --mask and --max-seq-len (`mlxsft data check` shows the masks)")
-    return PreparedData(out["train"], out.get("valid", []), files, messages)
 
 
 def learning_rate_schedule(config: TrainConfig, total_steps: int):
