@@ -138,10 +138,14 @@ def render_summary(report: SplitReport) -> str:
            f"({100 * s['supervised_share']:.1f}%)"]
     out += histogram(report.lengths)
 
+    passed = []  # said too, so a clean file shows what was checked
+
     def finding(label: str, lines: list, advice: str) -> None:
         if lines:
             shown = ", ".join(str(x) for x in lines[:8]) + (" ..." if len(lines) > 8 else "")
             out.append(f"  ! {label}: {len(lines)} (lines {shown}); {advice}")
+        else:
+            passed.append(label)
 
     finding("truncated", report.truncated, "raise --max-seq-len or shorten them")
     finding("no supervised tokens", report.zero_supervised,
@@ -151,6 +155,8 @@ def render_summary(report: SplitReport) -> str:
     finding("empty responses", report.empty_responses, "the model learns to say nothing")
     finding("no end-of-turn token supervised", report.missing_end_of_turn,
             "the model may not learn to stop")
+    if passed:
+        out.append(f"  checked, none found: {', '.join(passed)}")
     for e in report.failed_masking[:5]:
         out.append(f"  ! cannot mask: {e}")
     for e in report.skipped_invalid[:5]:

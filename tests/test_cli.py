@@ -46,6 +46,10 @@ def test_data_check_summary_and_show(tiny_llama, tmp_path, capsys):
     assert "records: 4 (chat 2, completion 1, text 1)" in out
     assert "! duplicates: 1 (lines 2=1)" in out
     assert "! empty responses: 1 (lines 3)" in out
+    # What was checked and found clean is said too (a completion record that is empty
+    # still gets its end-of-turn token supervised, so that check passes).
+    assert "checked, none found: truncated, no supervised tokens, no end-of-turn token " \
+        "supervised" in out
     assert "«Paris.<|im_end|>»" in out and "«Because it is.<|im_end|>»" in out
     assert "tokens per record: min" in out and "supervised tokens:" in out
 
