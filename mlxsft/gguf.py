@@ -11,7 +11,7 @@ an `mlx_lm.models.<arch>.Model`. The tokenizer is rebuilt from the metadata with
 It does not read K-quants or i-quants (MLX turns some into float16 on load, and its Q4_K
 values disagree with llama.cpp's reference dequantization), SentencePiece vocabularies,
 or architectures other than those in `ARCHITECTURES`; each of those is a `UserError`
-that says what to use instead. It never writes GGUF.
+that says what to use instead. Writing GGUF is `mlxsft.export_gguf`.
 """
 
 from __future__ import annotations
