@@ -69,6 +69,10 @@ def _record_key(record: Record) -> str:
 def _end_of_turn_ids(masker: Masker) -> set[int]:
     tok = masker.tokenizer
     ids = {i for i in (getattr(tok, "all_special_ids", None) or []) if i is not None}
+    # Tokens marked special only in added_tokens_decoder (Gemma 3's <end_of_turn>, as
+    # the Masker also counts them), not among the named special tokens.
+    ids |= {i for i, t in (getattr(tok, "added_tokens_decoder", None) or {}).items()
+            if getattr(t, "special", False)}
     if tok.eos_token_id is not None:
         ids.add(tok.eos_token_id)
     return ids
@@ -162,11 +166,13 @@ def render_summary(report: SplitReport) -> str:
     for e in report.skipped_invalid[:5]:
         out.append(f"  ! invalid: {e}")
     methods = report.methods
-    if methods.get("segments"):
-        out.append(f"  note: {methods['segments']} records tokenized segment by segment (the "
+    segments = sum(n for m, n in methods.items() if "segments" in m.split("+"))
+    search = sum(n for m, n in methods.items() if "search" in m.split("+"))
+    if segments:
+        out.append(f"  note: {segments} records tokenized segment by segment (the "
                    "tokenizer merges text across a prompt/response boundary)")
-    if methods.get("search"):
-        out.append(f"  note: {methods['search']} records masked by searching the rendering "
+    if search:
+        out.append(f"  note: {search} records masked by searching the rendering "
                    "(the template rewrites earlier turns)")
     return "\n".join(out)
 

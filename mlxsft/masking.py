@@ -5,19 +5,25 @@ tokens < t. Token 0 is never a target. Masks are found in character space, which
 for any template without knowing its markup:
 
 1. Render the whole conversation once. For each supervised assistant turn i, render
-   ``messages[:i]`` with the generation prompt and ``messages[:i+1]`` without; the turn's
-   span is the text between the two. Both must be prefixes of the whole rendering.
-2. Trim the span's tail to the end of the first special token after the content (the
-   template's end-of-turn token, e.g. ``<|im_end|>``, ``<|eot_id|>``, ``<end_of_turn>``)
-   so the model learns to stop, but not the newline the template writes after it.
-3. Tokenize the whole text with offsets and mark the tokens inside the spans. Check, as
-   TRL does, that the tokens of the text before each boundary are a prefix of the whole
+   ``messages[:i]`` with the generation prompt (it must be a prefix of the whole: the
+   turn starts where it ends) and ``messages[:i+1]`` without, or, for a template that
+   renders the last message differently (Qwen3's empty think block), ``messages[:i+2]``;
+   that rendering must agree with the whole one through the turn's end-of-turn token.
+2. The span ends at the template's end-of-turn token after the content (``<|im_end|>``,
+   ``<|eot_id|>``, ``<end_of_turn>``, ``</s>``...; learned once by rendering a probe
+   reply), so the model learns to stop, but not the newline the template writes after it.
+3. Tokenize the whole text with offsets and mark the tokens that start inside the spans
+   (an rstrip token such as Phi-3's ``<|end|>`` also covers the newline after it). Check,
+   as TRL does, that the tokens of the text before each boundary are a prefix of the whole
    token list; where the tokenizer merges across a boundary, tokenize the segments
-   separately instead (method "segments"), which gives an exact mask.
+   separately instead (method "segments"), and check that this gives back the same text
+   and special tokens (a SentencePiece tokenizer that adds "▁" to every piece does not).
 
-If a template rewrites earlier turns (a rendered prefix is not a prefix of the whole),
-each assistant content is found in the whole rendering instead (method "search"); if
-that fails the record gets a `MaskingError`. Nothing is silently mis-masked.
+If a template rewrites earlier turns so that step 1 fails for a turn, that turn is found
+by rendering the conversation again with its reply replaced by a marker: the text around
+the marker must match the whole rendering, and the reply is what lies between (method
+"search"). A turn that cannot be found either way gets a `MaskingError`. Nothing is
+silently mis-masked.
 
 Modes: ``assistant`` (every assistant turn), ``last`` (the final assistant turn),
 ``all`` (every token, like pretraining). Plain-text records are always all-supervised.
@@ -44,6 +50,8 @@ DEFAULT_CHAT_TEMPLATE = (
 )
 # With the default template the end of a turn is this literal text, not a special token.
 _DEFAULT_END_OF_TURN = "<|im_end|>"
+# Stands in for a reply when a rewriting template's rendering is searched for it.
+_MARKER = "mlxsftReplyMarker"
 
 
 class MaskingError(UserError):
@@ -59,7 +67,7 @@ class Tokenized:
     source: str
     line: int
     format: str
-    method: str  # "prefix", "segments", "search", "all" or "text"
+    method: str  # "prefix", "segments", "search", "search+segments", "all" or "text"
     truncated: bool = False
     untruncated_length: int = 0
 
@@ -110,6 +118,7 @@ class Masker:
             key=len, reverse=True)
         if self.uses_default_template:
             self._special = [_DEFAULT_END_OF_TURN] + self._special
+        self._eot = self._probe_end_of_turn()
 
     # -- rendering -------------------------------------------------------------------
     def render(self, messages: list[dict], tools=None, add_generation_prompt=False,
@@ -128,66 +137,137 @@ class Masker:
         # The template writes any BOS itself; adding special tokens again would double it.
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
+    def _probe_end_of_turn(self) -> str | None:
+        """The special token this template writes right after an assistant reply, found by
+        rendering a one-turn probe. A turn that starts with another special token (Mistral
+        writes a tool call as "[TOOL_CALLS][...]</s>") still ends at this one."""
+        probe = "mlxsft-probe-reply"
+        for messages in ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": probe}],
+                         [{"role": "system", "content": "hi"}, {"role": "user", "content": "hi"},
+                          {"role": "assistant", "content": probe}]):
+            try:
+                text = self.tokenizer.apply_chat_template(
+                    messages, tokenize=False, chat_template=self.chat_template)
+            except Exception:
+                continue
+            at = text.find(probe)
+            if at < 0:
+                continue
+            end = self._first_special_end(text, at + len(probe), len(text))
+            if end is not None:
+                return next(t for t in self._special if text.endswith(t, 0, end))
+        return None
+
     def _end_of_turn(self, text: str, start: int, stop: int) -> int:
-        """End of the first special token in text[start:stop], else stop."""
+        """End of the template's end-of-turn token in text[start:stop], else of the
+        first special token there, else stop."""
+        if self._eot:
+            i = text.find(self._eot, start, stop)
+            if i >= 0:
+                return i + len(self._eot)
+        end = self._first_special_end(text, start, stop)
+        return stop if end is None else end
+
+    def _first_special_end(self, text: str, start: int, stop: int) -> int | None:
         best = None
         for token in self._special:
             i = text.find(token, start, stop)
             if i >= 0 and (best is None or i < best[0]):
                 best = (i, i + len(token))
-        return best[1] if best else stop
-
-    def _turn_span(self, full: str, lo: int, hi: int, content: str) -> tuple[int, int]:
-        """The supervised part of full[lo:hi]: up to the end-of-turn after the content."""
-        core = content.strip()
-        at = full.find(core, lo, hi) if core else -1
-        after = at + len(core) if at >= 0 else lo
-        return lo, self._end_of_turn(full, after, hi)
+        return best[1] if best else None
 
     def _assistant_indices(self, messages: list[dict]) -> list[int]:
         idx = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
         return idx[-1:] if self.mode == "last" else idx
 
-    def _spans_by_prefix(self, record: Record, full: str) -> list[tuple[int, int]] | None:
-        spans = []
-        for i in self._assistant_indices(record.messages):
-            before = self.render(record.messages[:i], record.tools, True, record.where)
-            upto = self.render(record.messages[:i + 1], record.tools, False, record.where)
-            # Some templates close the whole conversation differently from a turn
-            # (Phi-3 appends EOS when there is no generation prompt), so `upto` need
-            # only agree with the whole rendering through the end of this turn.
-            hi = _common_prefix_len(upto, full)
-            core = record.messages[i]["content"].strip()
-            if not full.startswith(before) or (core and full.find(core, len(before), hi) < 0):
-                return None
-            spans.append(self._turn_span(full, len(before), hi, record.messages[i]["content"]))
+    def _spans_by_prefix(self, record: Record, full: str) -> dict[int, tuple[int, int] | None]:
+        """Each wanted turn's span, or None where the prefix method cannot find it."""
+        spans = {}
+        messages = record.messages
+        for i in self._assistant_indices(messages):
+            before = self.render(messages[:i], record.tools, True, record.where)
+            spans[i] = None
+            if not full.startswith(before):
+                continue
+            span = None
+            # The turn as the template renders it when it closes the conversation and,
+            # failing that, when the next message follows it: some templates render the
+            # last message differently (Qwen3 adds an empty <think> block to it, Phi-3
+            # appends EOS), so one of the two must agree with the whole rendering through
+            # the end-of-turn marker that closes this turn, or the turn is not found here.
+            for upto_messages in (messages[:i + 1], messages[:i + 2]):
+                upto = self.render(upto_messages, record.tools, False, record.where)
+                span = self._turn_in(upto, full, len(before), messages[i]["content"])
+                if span or len(upto_messages) == len(messages):
+                    break
+            spans[i] = span
         return spans
 
-    def _spans_by_search(self, record: Record, full: str) -> list[tuple[int, int]]:
-        spans, cursor = [], 0
-        wanted = set(self._assistant_indices(record.messages))
-        for i, message in enumerate(record.messages):
-            core = message["content"].strip()
-            if not core:
-                continue
-            at = full.find(core, cursor)
-            if at < 0:
-                if i in wanted:
-                    raise MaskingError(
-                        f"{record.where}: the chat template rewrites earlier turns and the "
-                        f"content of messages[{i}] does not appear in the rendering, so its "
-                        "loss mask cannot be found exactly; use --mask last or another "
-                        "template")
-                continue
-            if i in wanted:
-                spans.append((at, self._end_of_turn(full, at + len(core), len(full))))
-            cursor = at + len(core)
+    def _turn_in(self, upto: str, full: str, lo: int, content: str) -> tuple[int, int] | None:
+        """The turn starting at `lo` in `upto` (a rendering that ends with or just after
+        it), if `full` agrees with `upto` through the turn's end-of-turn marker."""
+        core = content.strip()
+        at = upto.find(core, lo) if core else lo
+        # Not found, or found only after a special token (in a later message).
+        if at < 0 or self._end_of_turn(upto, lo, at) < at:
+            return None
+        end = self._end_of_turn(upto, at + len(core), len(upto))
+        if end > _common_prefix_len(upto, full):
+            return None
+        return lo, end
+
+    def _spans_by_search(self, record: Record, full: str, turns: Sequence[int]) -> list[tuple[int, int]]:
+        """For a template that rewrites earlier turns: each reply is located by rendering
+        the conversation again with that reply replaced by a marker. Everything before
+        and after the marker must match the whole rendering, and the reply is what lies
+        between, however the template rewrote it (a reasoning block cut, a reply
+        trimmed) and whatever it contains: no text search that could land on a role
+        header or a special token's text equal to the reply."""
+        spans = []
+        messages = record.messages
+        for i in turns:
+            marked = list(messages)
+            marked[i] = {**messages[i], "content": _MARKER}
+            text = self.render(marked, record.tools, False, record.where)
+            at = text.find(_MARKER)
+            head, tail = text[:at], text[at + len(_MARKER):]
+            if (at < 0 or _MARKER in tail or not full.startswith(head) or not full.endswith(tail)
+                    or len(head) + len(tail) > len(full)):
+                raise MaskingError(
+                    f"{record.where}: the chat template rewrites earlier turns and "
+                    f"messages[{i}] cannot be located in the rendering (the template renders "
+                    "the rest of the conversation differently around it, or does not render "
+                    "its content, as for a turn that only calls tools), so its loss mask "
+                    "cannot be found exactly; use --mask last or another template")
+            start, end = len(head), len(full) - len(tail)
+            spans.append((self._reply_start(record, i, full, start),
+                          self._end_of_turn(full, end, len(full))))
         return spans
+
+    def _reply_start(self, record: Record, i: int, full: str, at: int) -> int:
+        """Where turn i's reply starts, its content being rendered at `at`: after this
+        turn's generation prompt, as in the prefix method (Qwen3 writes a think block
+        between the two), or, for a template without one, after the special token that
+        only whitespace separates from the content (Mistral's "[/INST] reply")."""
+        messages = record.messages
+        bare = self.render(messages[:i], record.tools, False, record.where)
+        prompt = self.render(messages[:i], record.tools, True, record.where)
+        gen = prompt[len(bare):] if prompt.startswith(bare) else ""
+        if gen:
+            g = full.rfind(gen, 0, at)
+            if g >= 0 and self._end_of_turn(full, g + len(gen), at) == at:
+                return g + len(gen)
+            return at
+        j = at
+        while j > 0 and full[j - 1].isspace():
+            j -= 1
+        return j if any(full.endswith(t, 0, j) for t in self._special) else at
 
     # -- tokenizing ------------------------------------------------------------------
-    def _tokens_for_spans(self, full: str, spans: Sequence[tuple[int, int]]):
+    def _tokens_for_spans(self, full: str, spans: Sequence[tuple[int, int]], where: str = ""):
         enc = self.tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
         tokens, offsets = enc["input_ids"], enc["offset_mapping"]
+        natural = tokens
         starts = [s for s, _ in offsets]
         boundaries = sorted({b for span in spans for b in span if 0 < b < len(full)})
         merged = False
@@ -197,9 +277,12 @@ class Masker:
                 merged = True
                 break
         if not merged:
+            # A token belongs to the span it starts in. Its end may pass the span's end
+            # only as an added token with rstrip=True (Phi-3's <|end|> takes the "\n"
+            # after it); a real merge across the boundary failed the check above.
             mask = [0] * len(tokens)
             for t, (s, e) in enumerate(offsets):
-                if e > s and any(lo <= s and e <= hi for lo, hi in spans):
+                if e > s and any(lo <= s < hi for lo, hi in spans):
                     mask[t] = 1
             return tokens, mask, "prefix"
         # The tokenizer merges text across a prompt/response boundary: tokenize each
@@ -212,7 +295,18 @@ class Masker:
                 mask += [flag] * len(ids)
             last = hi
         tail = self._encode(full[last:]) if full[last:] else []
-        return tokens + tail, mask + [0] * len(tail), "segments"
+        tokens, mask = tokens + tail, mask + [0] * len(tail)
+        # Exact only if the pieces tokenize to the same text with the same special and
+        # added tokens: a SentencePiece tokenizer that prepends "▁" to every piece, or a
+        # span edge inside a special token's text, would silently change the sequence.
+        added = set(getattr(self.tokenizer, "added_tokens_decoder", {}) or {})
+        if ([t for t in tokens if t in added] != [t for t in natural if t in added]
+                or self.tokenizer.decode(tokens) != self.tokenizer.decode(natural)):
+            raise MaskingError(
+                f"{where}: the tokenizer merges text across a prompt/response boundary and "
+                "tokenizing the two sides separately does not give back the same text, so "
+                "the loss mask cannot be made exact; use --mask all or another template")
+        return tokens, mask, "segments"
 
     def encode(self, record: Record) -> Tokenized:
         """Tokens and loss mask for one record (truncated to max_seq_len)."""
@@ -228,12 +322,15 @@ class Masker:
                 tokens, method = self._encode(full), "all"
                 mask = [1] * len(tokens)
             else:
-                spans = self._spans_by_prefix(record, full)
-                method_override = None
-                if spans is None:
-                    spans, method_override = self._spans_by_search(record, full), "search"
-                tokens, mask, method = self._tokens_for_spans(full, spans)
-                method = method_override or method
+                found, how = self._spans_by_prefix(record, full), None
+                missing = [i for i, span in found.items() if span is None]
+                if missing:  # the turns the prefix method could not find
+                    found.update(zip(missing, self._spans_by_search(record, full, missing)))
+                    how = "search"
+                spans = [found[i] for i in sorted(found)]
+                tokens, mask, method = self._tokens_for_spans(full, spans, record.where)
+                if how:  # keep "segments" visible: data check reports both
+                    method = how if method == "prefix" else f"{how}+{method}"
         if mask:
             mask[0] = 0  # nothing predicts the first token
         n = len(tokens)

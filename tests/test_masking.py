@@ -112,13 +112,15 @@ def test_tokenizer_merging_across_the_boundary_falls_back_to_segments():
     assert tok.decode(item.tokens) == full
 
 
-def test_template_rewriting_history_fails_loudly_not_silently():
+def test_template_rewriting_history_is_masked_as_rendered():
     tok = build_template_tokenizer("chatml")
     tok.chat_template = REWRITING
     messages = [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "<think>x</think> a1"},
                 {"role": "user", "content": "q2"}, {"role": "assistant", "content": "a2"}]
-    with pytest.raises(MaskingError, match=r"data.jsonl:1: the chat template rewrites earlier turns"):
-        Masker(tok).encode(chat(messages))
+    # The earlier reply is supervised as the template renders it, reasoning cut.
+    item = Masker(tok).encode(chat(messages))
+    assert item.method == "search"
+    assert supervised_text(tok, item) == "a1<|im_end|>a2<|im_end|>"
     # Only the last turn is needed in 'last' mode, and that one is exact.
     item = Masker(tok, "last").encode(chat(messages))
     assert supervised_text(tok, item) == "a2<|im_end|>"

@@ -1,0 +1,20 @@
+"""`data check` must not report "no end-of-turn token supervised" when the supervised
+part does end with the template's end-of-turn token: Gemma 3's <end_of_turn> is special in
+added_tokens_decoder but is not one of the tokenizer's named special tokens."""
+
+from chat_templates import GEMMA
+from mlxsft.data import DataFile, Record
+from mlxsft.datacheck import check_split
+from mlxsft.masking import Masker
+from tiny import build_tokenizer
+
+
+def test_end_of_turn_special_only_in_added_tokens_is_recognized():
+    tok = build_tokenizer(["<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"], GEMMA, bos="<bos>", eos="<eos>")
+    assert tok.convert_tokens_to_ids("<end_of_turn>") not in tok.all_special_ids  # as in Gemma 3
+    records = [Record("d.jsonl", 1, "chat", [{"role": "user", "content": "hello"},
+                                             {"role": "assistant", "content": "yes"}])]
+    report = check_split("train", DataFile("d.jsonl", records), Masker(tok))
+    assert report.items[0].tokens[[i for i, m in enumerate(report.items[0].loss_mask) if m][-1]] == \
+        tok.convert_tokens_to_ids("<end_of_turn>")
+    assert report.missing_end_of_turn == []
