@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from mlxsft.data import DataFile, Record
-from mlxsft.masking import Masker, Tokenized, encode_records, hf_tokenizer
+from mlxsft.masking import Masker, MaskingError, Tokenized, encode_records, hf_tokenizer
 
 
 @dataclass
@@ -39,6 +39,7 @@ class SplitReport:
     duplicates: list[tuple[int, int]]  # (line, line of its first copy)
     empty_responses: list[int]
     missing_end_of_turn: list[int]
+    not_rendered: list[str]  # "line(messages[i])"
     methods: dict[str, int]
     items: list[Tokenized] = field(default_factory=list, repr=False)
 
@@ -57,6 +58,7 @@ class SplitReport:
             "truncated": len(self.truncated), "zero_supervised": len(self.zero_supervised),
             "duplicates": len(self.duplicates), "empty_responses": len(self.empty_responses),
             "missing_end_of_turn": len(self.missing_end_of_turn),
+            "not_rendered": len(self.not_rendered),
             "mask_methods": self.methods,
         }
 
@@ -78,6 +80,23 @@ def _end_of_turn_ids(masker: Masker) -> set[int]:
     return ids
 
 
+def _content_not_rendered(records, masker: Masker) -> list[str]:
+    """"line(messages[i])" for each message whose content the chat template leaves out
+    of the rendering (some templates drop a system prompt, or a tool call's content,
+    or reasoning from earlier turns): the model never sees or learns that text."""
+    found = []
+    for record in records:
+        if not record.messages:
+            continue
+        try:
+            text = masker.render(record.messages, record.tools, False, record.where)
+        except MaskingError:
+            continue  # reported as a masking failure already
+        found += [f"{record.line}(messages[{i}])" for i, m in enumerate(record.messages)
+                  if m["content"].strip() and m["content"].strip() not in text]
+    return found
+
+
 def check_split(split: str, data: DataFile, masker: Masker) -> SplitReport:
     """Tokenize one split as training would and collect the lint findings."""
     encoded = encode_records(masker, data.records, skip_invalid=True)
@@ -93,6 +112,7 @@ def check_split(split: str, data: DataFile, masker: Masker) -> SplitReport:
     empty = [r.line for r in data.records
              if any(m["role"] == "assistant" and not m["content"].strip() and not m.get("tool_calls")
                     for m in r.messages)]
+    dropped = _content_not_rendered(data.records, masker)
     eot_ids = _end_of_turn_ids(masker)
     missing_eot = []
     if masker.mode != "all" and not masker.uses_default_template:
@@ -110,6 +130,7 @@ def check_split(split: str, data: DataFile, masker: Masker) -> SplitReport:
         truncated=[t.line for t in items if t.truncated],
         zero_supervised=[t.line for t in encoded.zero_supervised],
         duplicates=duplicates, empty_responses=empty, missing_end_of_turn=missing_eot,
+        not_rendered=dropped,
         methods=dict(Counter(t.method for t in items)), items=items)
 
 
@@ -159,6 +180,8 @@ def render_summary(report: SplitReport) -> str:
     finding("empty responses", report.empty_responses, "the model learns to say nothing")
     finding("no end-of-turn token supervised", report.missing_end_of_turn,
             "the model may not learn to stop")
+    finding("content the template does not render", report.not_rendered,
+            "the model never sees it; move it into a message the template keeps")
     if passed:
         out.append(f"  checked, none found: {', '.join(passed)}")
     for e in report.failed_masking[:5]:

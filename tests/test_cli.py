@@ -166,3 +166,20 @@ def test_adapter_that_does_not_fit_its_base(tiny_llama, tiny_data, tmp_path, cap
     err = capsys.readouterr().err
     assert f"--adapter {out}: trained on {tiny_llama} (hidden_size 64)" in err
     assert "has hidden_size 96" in err
+
+
+def test_data_check_reports_content_the_template_drops(tmp_path, capsys):
+    # Like Mistral v0.3's template, which leaves out the system prompt of some records.
+    from tiny import build_tokenizer, save_model_dir
+
+    template = ("{% for m in messages %}{% if m.role != 'system' %}<|im_start|>{{ m.role }}\n"
+                "{{ m.content }}<|im_end|>\n{% endif %}{% endfor %}"
+                "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    tokenizer = build_tokenizer(["<|im_start|>", "<|im_end|>"], template, eos="<|im_end|>")
+    model = save_model_dir(tmp_path / "m", tokenizer=tokenizer)
+    path = write_jsonl(tmp_path / "d.jsonl", [
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]},
+        MULTI_TURN])
+    assert main(["data", "check", str(path), "--model", str(model), "--no-color"]) == 0
+    assert ("! content the template does not render: 1 (lines 2(messages[0])); the model "
+            "never sees it" in capsys.readouterr().out)
