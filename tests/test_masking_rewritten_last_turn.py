@@ -4,19 +4,8 @@ masked exactly, never by a character-level common prefix of two diverging render
 
 from mlxsft.data import parse_record
 from mlxsft.masking import Masker
+from chat_templates import LAST_TURN_THINKS
 from tiny import build_tokenizer
-
-# Trimmed from Qwen3's template: the last assistant message gets an empty think block.
-LAST_TURN_THINKS = (
-    "{% for m in messages %}"
-    "{% if m.role == 'assistant' %}{{ '<|im_start|>assistant\n' }}"
-    "{% if loop.last %}{{ '<think>\n\n</think>\n\n' }}{% endif %}{{ m.content }}"
-    "{% for c in m.tool_calls or [] %}{{ '<tool_call>' + c.function.name + '</tool_call>' }}{% endfor %}"
-    "{{ '<|im_end|>\n' }}"
-    "{% else %}{{ '<|im_start|>' + m.role + '\n' + m.content + '<|im_end|>\n' }}{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 
 
 def _tok():
