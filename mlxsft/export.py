@@ -21,7 +21,6 @@ import json
 import os
 import re
 import shutil
-import struct
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -123,12 +122,16 @@ def checkpoint_tensor_shapes(model_dir: str | Path) -> dict[str, list[int]] | No
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         return None
+    from safetensors import SafetensorError, safe_open
+
     shapes: dict[str, list[int]] = {}
     for path in sorted(model_dir.glob("*.safetensors")):
-        with open(path, "rb") as f:
-            (size,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(size))
-        shapes.update({k: v["shape"] for k, v in header.items() if k != "__metadata__"})
+        try:
+            with safe_open(path, framework="numpy") as f:  # reads the header only
+                shapes.update({k: list(f.get_slice(k).get_shape()) for k in f.keys()})
+        except (SafetensorError, OSError) as e:
+            raise UserError(f"{path}: unreadable ({' '.join(str(e).split())}); it is "
+                            "truncated or corrupt, copy the model again") from None
     return shapes or None
 
 

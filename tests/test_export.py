@@ -284,3 +284,20 @@ def test_peft_export_of_an_mlx_quantized_base_asks_for_the_full_precision_one(ti
     assert result.notes == [f"the base {base} is MLX-quantized, which transformers cannot "
                             "load; pass --base with the full-precision Hugging Face model it "
                             "came from"]
+
+
+def test_checkpoint_shapes_come_from_the_headers_and_a_damaged_file_is_one_line(tmp_path):
+    import shutil
+
+    from tiny import save_model_dir
+
+    from mlxsft.export import checkpoint_tensor_shapes
+
+    model = save_model_dir(tmp_path / "m", hidden_size=64, intermediate_size=128)
+    assert checkpoint_tensor_shapes(model)["model.layers.0.mlp.down_proj.weight"] == [64, 128]
+    damaged = tmp_path / "d"
+    shutil.copytree(model, damaged)
+    (damaged / "model.safetensors").write_bytes(b"\x05")
+    with pytest.raises(UserError) as e:
+        checkpoint_tensor_shapes(damaged)
+    assert "truncated or corrupt" in str(e.value) and "\n" not in str(e.value)
