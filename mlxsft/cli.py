@@ -176,7 +176,7 @@ def cmd_chat(args) -> int:
 
 # -- fuse / export-adapter ------------------------------------------------------------
 def cmd_fuse(args) -> int:
-    from mlxsft.fuse import fuse
+    from mlxsft.export.fuse import fuse
 
     result = fuse(args.adapter, args.out, args.model, args.format, args.dtype, args.quantize)
     if args.json:
@@ -189,7 +189,7 @@ def cmd_fuse(args) -> int:
 
 
 def cmd_export_adapter(args) -> int:
-    from mlxsft.export import export_peft
+    from mlxsft.export.peft import export_peft
 
     result = export_peft(args.adapter, args.out, args.base)
     print(f"wrote a PEFT LoRA adapter to {result.out}: {result.modules} modules, r "

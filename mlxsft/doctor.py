@@ -31,7 +31,7 @@ def collect(measure: bool = True) -> dict:
     default = {"alias": DEFAULT_MODEL, "gguf": str(gguf) if gguf else None,
                "hub_id": DEFAULT_HUB_ID}
     if gguf:
-        from mlxsft.gguf import gguf_summary
+        from mlxsft.gguf.reader import gguf_summary
 
         summary = gguf_summary(gguf)
         default["parameters"] = summary.get("parameters")

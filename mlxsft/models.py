@@ -68,7 +68,7 @@ def resolve_model_path(spec: str | None) -> tuple[str, Path, str]:
     path = Path(spec).expanduser()
     if path.exists():
         if path.is_file():
-            from mlxsft.gguf import is_gguf
+            from mlxsft.gguf.reader import is_gguf
 
             if is_gguf(path):
                 return spec, path, "gguf"
@@ -132,7 +132,7 @@ def load_tokenizer(spec: str | None = None, trust_remote_code: bool = False):
     if kind == "gguf":
         from mlx_lm.tokenizer_utils import TokenizerWrapper
 
-        from mlxsft.gguf import load_gguf_tokenizer
+        from mlxsft.gguf.reader import load_gguf_tokenizer
 
         return TokenizerWrapper(load_gguf_tokenizer(path))
     if not (path / "config.json").exists() and not (path / "tokenizer_config.json").exists():
@@ -168,7 +168,7 @@ def load_model(spec: str | None = None, quantize: int | None = None,
     if kind == "gguf":
         from mlx_lm.tokenizer_utils import TokenizerWrapper
 
-        from mlxsft.gguf import load_gguf
+        from mlxsft.gguf.reader import load_gguf
 
         model, hf_tok, config = load_gguf(path, dequantize=dequantize)
         tokenizer = TokenizerWrapper(hf_tok, eos_token_ids=_eos_ids(config))

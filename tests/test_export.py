@@ -29,7 +29,7 @@ def last_layer_adapter(tiny_llama, tiny_data, tmp_path_factory):
 
 # -- PEFT ---------------------------------------------------------------------------------
 def test_peft_layout_reproduces_mlx_lm_lora_math():
-    from mlxsft.export import peft_config, peft_tensors
+    from mlxsft.export.peft import peft_config, peft_tensors
 
     rng = np.random.default_rng(0)
     rank, scale, n_in, n_out = 4, 2.5, 24, 40
@@ -89,7 +89,7 @@ def test_peft_loads_the_export_on_transformers(tiny_llama, last_layer_adapter, a
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from mlxsft.export import export_peft
+    from mlxsft.export.peft import export_peft
 
     tokens = [5, 17, 99, 3, 250, 7, 42]
     for run in (last_layer_adapter, adapter):
@@ -103,7 +103,7 @@ def test_peft_loads_the_export_on_transformers(tiny_llama, last_layer_adapter, a
 
 
 def test_peft_export_refusals(adapter, tmp_path):
-    from mlxsft.export import export_peft
+    from mlxsft.export.peft import export_peft
 
     full = tmp_path / "full"
     full.mkdir()
@@ -128,8 +128,8 @@ def test_gguf_export_round_trips_through_our_loader(tiny_llama, tiny_data, adapt
     from gguf import GGUFReader
     from mlx_lm.gguf import permute_weights
 
-    from mlxsft.fuse import fuse
-    from mlxsft.gguf import load_gguf
+    from mlxsft.export.fuse import fuse
+    from mlxsft.gguf.reader import load_gguf
     from mlxsft.models import load_tokenizer
 
     out = tmp_path / "tuned.gguf"
@@ -172,7 +172,7 @@ def test_gguf_export_round_trips_through_our_loader(tiny_llama, tiny_data, adapt
 def test_gguf_q8_0_export(tiny_llama, adapter, tmp_path):
     from gguf import GGUFReader, quants
 
-    from mlxsft.fuse import fuse
+    from mlxsft.export.fuse import fuse
 
     out = tmp_path / "tuned-q8_0.gguf"
     result = fuse(adapter, out, fmt="gguf", quantize=8)
@@ -201,7 +201,7 @@ def test_gguf_qwen2_keeps_biases_and_row_order(tiny_data, tmp_path):
     from gguf import GGUFReader
     from tiny import save_model_dir
 
-    from mlxsft.fuse import fuse
+    from mlxsft.export.fuse import fuse
 
     base = save_model_dir(tmp_path / "qwen2", arch="qwen2")
     run = train_adapter(base, tiny_data, tmp_path / "run", lora_targets=["q_proj", "k_proj"])
@@ -216,7 +216,7 @@ def test_gguf_qwen2_keeps_biases_and_row_order(tiny_data, tmp_path):
 
 
 def test_gguf_refusals_name_the_alternative():
-    from mlxsft.export_gguf import gguf_architecture
+    from mlxsft.gguf.writer import gguf_architecture
 
     with pytest.raises(UserError, match="model type 'gemma2' is not one mlxsft writes"):
         gguf_architecture({"model_type": "gemma2"})
@@ -230,7 +230,7 @@ def test_pre_tokenizer_is_the_llama_cpp_one_that_tokenizes_alike():
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from mlxsft.export_gguf import PROBE_TEXT, hf_tokenizer_metadata
+    from mlxsft.gguf.writer import PROBE_TEXT, hf_tokenizer_metadata
 
     # Llama 3's tokenizer.json: its split regex (digits in threes, case-insensitive
     # contractions), then byte-level without GPT-2's regex, whole-word vocabulary lookups.
@@ -263,7 +263,7 @@ def test_peft_export_refuses_a_base_the_adapter_does_not_fit(adapter, tmp_path, 
                                                              message):
     from tiny import save_model_dir
 
-    from mlxsft.export import export_peft
+    from mlxsft.export.peft import export_peft
 
     other = save_model_dir(tmp_path / "other", **overrides)
     with pytest.raises(UserError) as e:
@@ -276,7 +276,7 @@ def test_peft_export_of_an_mlx_quantized_base_asks_for_the_full_precision_one(ti
                                                                                tmp_path):
     from tiny import save_model_dir
 
-    from mlxsft.export import export_peft
+    from mlxsft.export.peft import export_peft
 
     base = save_model_dir(tmp_path / "q4", quantize_bits=4)
     run = train_adapter(base, tiny_data, tmp_path / "run", iters=2)
@@ -291,7 +291,7 @@ def test_checkpoint_shapes_come_from_the_headers_and_a_damaged_file_is_one_line(
 
     from tiny import save_model_dir
 
-    from mlxsft.export import checkpoint_tensor_shapes
+    from mlxsft.export.hf import checkpoint_tensor_shapes
 
     model = save_model_dir(tmp_path / "m", hidden_size=64, intermediate_size=128)
     assert checkpoint_tensor_shapes(model)["model.layers.0.mlp.down_proj.weight"] == [64, 128]

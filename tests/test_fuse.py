@@ -56,7 +56,7 @@ def adapter(tiny_llama, tiny_data, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fused_hf(adapter, tmp_path_factory):
-    from mlxsft.fuse import fuse
+    from mlxsft.export.fuse import fuse
 
     out = tmp_path_factory.mktemp("fused") / "model"
     return fuse(adapter, out, fmt="hf", dtype="float32")
@@ -139,7 +139,7 @@ def unpack_affine(packed, scales, biases, group_size, bits):
 def test_a_quantized_base_is_dequantized_and_fused_in_float16(tiny_data, tmp_path):
     from tiny import save_model_dir
 
-    from mlxsft.fuse import fuse
+    from mlxsft.export.fuse import fuse
 
     base = save_model_dir(tmp_path / "q4", quantize_bits=4)
     run = train_adapter(base, tiny_data, tmp_path / "run")
@@ -169,13 +169,13 @@ def test_requantized_export_says_how_much_tuning_it_lost(tiny_llama, tiny_data, 
                                                          tmp_path, monkeypatch, capsys):
     from mlx_lm import load
 
-    import mlxsft.fuse_verify
+    import mlxsft.export.verify
     from mlxsft.cli import main
     from mlxsft.evaluate import evaluate_data
 
     # At 4 bits the tiny model keeps ~99% of its (large) improvement: lower the bar so
     # the warning shows, and check its numbers against independent evaluations.
-    monkeypatch.setattr(mlxsft.fuse_verify, "LOST_SHARE", 0.001)
+    monkeypatch.setattr(mlxsft.export.verify, "LOST_SHARE", 0.001)
     out = tmp_path / "q4"
     assert main(["fuse", "--adapter", str(adapter), "--out", str(out), "--quantize", "4"]) == 0
     stdout, stderr = capsys.readouterr()
@@ -207,7 +207,7 @@ def test_a_mismatched_base_is_one_line_and_writes_nothing(adapter, tmp_path, ove
                                                            message):
     from tiny import save_model_dir
 
-    from mlxsft.fuse import fuse
+    from mlxsft.export.fuse import fuse
 
     other = save_model_dir(tmp_path / "other", **overrides)
     with pytest.raises(UserError) as e:
@@ -217,7 +217,7 @@ def test_a_mismatched_base_is_one_line_and_writes_nothing(adapter, tmp_path, ove
 
 
 def test_refusals_before_any_work(adapter, tmp_path):
-    from mlxsft.fuse import fuse
+    from mlxsft.export.fuse import fuse
 
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "x").write_text("")
@@ -229,21 +229,22 @@ def test_refusals_before_any_work(adapter, tmp_path):
 
 
 def test_a_crash_while_writing_leaves_nothing(adapter, tmp_path, monkeypatch):
-    import mlxsft.export
-    from mlxsft.fuse import fuse
+    import mlxsft.export.hf
+    import mlxsft.export.staging
+    from mlxsft.export.fuse import fuse
 
     def crash(directory, *args, **kwargs):
         (directory / "model.safetensors").write_bytes(b"half a file")
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(mlxsft.export, "write_model_dir", crash)
+    monkeypatch.setattr(mlxsft.export.hf, "write_model_dir", crash)
     with pytest.raises(OSError):
         fuse(adapter, tmp_path / "out")
     assert os.listdir(tmp_path) == []
 
 
 def test_built_in_prompts_when_the_validation_data_is_gone(adapter, tmp_path):
-    from mlxsft.fuse import fuse
+    from mlxsft.export.fuse import fuse
 
     moved = tmp_path / "adapter"
     moved.mkdir()
@@ -278,23 +279,24 @@ def test_an_unwritable_out_is_refused_before_any_work(adapter, tmp_path, capsys)
 def test_a_full_disk_is_one_line_and_leaves_nothing(adapter, tmp_path, monkeypatch, capsys):
     import errno
 
-    import mlxsft.export
+    import mlxsft.export.hf
+    import mlxsft.export.staging
     from mlxsft.cli import main
 
     def full(directory, *args, **kwargs):
         (directory / "model.safetensors").write_bytes(b"half a file")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(mlxsft.export, "write_model_dir", full)
+    monkeypatch.setattr(mlxsft.export.hf, "write_model_dir", full)
     assert main(["fuse", "--adapter", str(adapter), "--out", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err == (f"mlxsft: error: --out {tmp_path / 'out'}: writing "
                                        "failed (No space left on device); nothing was written "
                                        "(free some space or choose another path)\n")
     assert os.listdir(tmp_path) == []
-    monkeypatch.setattr(mlxsft.export.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(
+    monkeypatch.setattr(mlxsft.export.staging.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(
         10**6, 10**6 - 1000, 1000))
     with pytest.raises(UserError, match="MiB free; free some space"):
-        from mlxsft.fuse import fuse
+        from mlxsft.export.fuse import fuse
 
         fuse(adapter, tmp_path / "out")
     assert os.listdir(tmp_path) == []
@@ -305,7 +307,7 @@ def test_float16_scales_are_dequantized_exactly(tiny_data, tmp_path):
     models and GGUF Q4_1/Q8_0) must be widened first, or each weight is rounded to float16."""
     from tiny import save_model_dir
 
-    from mlxsft.fuse import fuse
+    from mlxsft.export.fuse import fuse
 
     base = save_model_dir(tmp_path / "q4", quantize_bits=4)
     stored = load_file(str(base / "model.safetensors"))

@@ -22,7 +22,7 @@ from gguf import GGMLQuantizationType as T  # noqa: E402
 from gguf import GGUFWriter, quants  # noqa: E402
 
 from mlxsft.errors import UserError  # noqa: E402
-from mlxsft.gguf import (GGML_TYPES, gguf_summary, is_gguf, load_gguf,  # noqa: E402
+from mlxsft.gguf.reader import (GGML_TYPES, gguf_summary, is_gguf, load_gguf,  # noqa: E402
                          load_gguf_tokenizer)
 
 CONFIG = {"hidden_size": 64, "num_hidden_layers": 2, "intermediate_size": 128,

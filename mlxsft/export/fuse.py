@@ -8,12 +8,12 @@ re-quantized (`quantize` bits: MLX affine for --format mlx, Q8_0 / Q4_1 for GGUF
 
 Formats: "mlx" and "hf" write a Hugging Face model directory that `mlx_lm.load` opens;
 "hf" also promises transformers can (full precision, weight names checked against the
-base checkpoint's). "gguf" writes one llama.cpp file (`mlxsft.export_gguf`).
+base checkpoint's). "gguf" writes one llama.cpp file (`mlxsft.gguf.writer`).
 
 Verification always runs: the files written are loaded back and run on a few held-out
 records (the run's validation data when adapter_config.json names it, else built-in
 ones) next to base + adapter: the max |logit difference| and the response-only loss of
-base, tuned and fused (`mlxsft.fuse_verify`). An export that loses a noticeable share of
+base, tuned and fused (`mlxsft.export.verify`). An export that loses a noticeable share of
 what tuning gained gets a warning with the numbers. Nothing appears at OUT unless all of
 this succeeds.
 """
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlxsft.errors import UserError
-from mlxsft.fuse_verify import (HeldOut, Verification, logits_on, release_model,
+from mlxsft.export.verify import (HeldOut, Verification, logits_on, release_model,
                                  response_loss, verify_written)
 
 FORMATS = ("mlx", "hf", "gguf")
@@ -116,7 +116,7 @@ def fuse(adapter: str | Path, out: str | Path, model: str | None = None, fmt: st
          dtype: str | None = None, quantize: int | None = None) -> FuseResult:
     """Fuse `adapter` into its base (or `model`), write OUT in `fmt`, verify, report."""
     from mlxsft.checkpoints import read_adapter_config
-    from mlxsft.export import check_free_space, check_out_free, check_out_writable, staged
+    from mlxsft.export.staging import check_free_space, check_out_free, check_out_writable, staged
 
     adapter_dir, out = Path(adapter), Path(out)
     _check_options(fmt, dtype, quantize)
@@ -129,7 +129,7 @@ def fuse(adapter: str | Path, out: str | Path, model: str | None = None, fmt: st
     notes += held_out.notes
     tokenizer_md = None
     if fmt == "gguf":  # refused here (architecture, tokenizer) rather than after the work
-        from mlxsft.export_gguf import gguf_architecture, tokenizer_metadata
+        from mlxsft.gguf.writer import gguf_architecture, tokenizer_metadata
 
         gguf_architecture(loaded.config)
         tokenizer_md = tokenizer_metadata(loaded, held_out.texts())
@@ -140,12 +140,12 @@ def fuse(adapter: str | Path, out: str | Path, model: str | None = None, fmt: st
 
     with staged(out, single_file=fmt == "gguf") as target:
         if fmt == "gguf":
-            from mlxsft.export_gguf import FLOAT_TYPES, write_gguf
+            from mlxsft.gguf.writer import FLOAT_TYPES, write_gguf
 
             write_gguf(target, loaded.model, config, tokenizer_md, FLOAT_TYPES[out_dtype],
                        quantization, name=out.stem)
         else:
-            from mlxsft.export import write_model_dir
+            from mlxsft.export.hf import write_model_dir
 
             write_model_dir(target, loaded.model, loaded.tokenizer, config, loaded.path)
         release_model(loaded)  # the written files are what gets verified
@@ -216,8 +216,8 @@ def _base_and_tuned(loaded, adapter_dir: Path, held_out: HeldOut):
 
 def _fuse_weights(loaded, out_dtype: str, fmt: str, quantize: int | None):
     """Fuse in place, MLX-quantize for --format mlx; (config to write, quantization label)."""
-    from mlxsft.export import hf_config
-    from mlxsft.export_gguf import QUANT_TYPES
+    from mlxsft.export.hf import hf_config
+    from mlxsft.gguf.writer import QUANT_TYPES
     from mlxsft.models import quantize_model
 
     fuse_lora_layers(loaded.model, out_dtype)
@@ -234,7 +234,7 @@ def _check_names(loaded, fmt: str, quantize: int | None) -> list[str]:
     Float weights only: MLX-quantized ones (.scales, .biases) are for mlx-lm anyway."""
     from mlx.utils import tree_flatten
 
-    from mlxsft.export import checkpoint_tensor_names, names_missing_from
+    from mlxsft.export.hf import checkpoint_tensor_names, names_missing_from
 
     if loaded.kind != "hf" or fmt == "gguf" or (quantize and fmt == "mlx"):
         return []
@@ -266,7 +266,7 @@ def _warnings(result: FuseResult) -> list[str]:
 
 
 def _card(result: FuseResult, adapter_config: dict) -> str:
-    from mlxsft.export import model_card
+    from mlxsft.export.card import model_card
 
     v = result.verification
     stored = (f"quantized {result.quantization} (from {result.dtype})" if result.quantization

@@ -5,7 +5,7 @@ still on disk, else a few built-in conversations; they are tokenized and masked 
 training did (`mlxsft.masking.Masker`, the run's --mask), and the loss is
 `mlxsft.evaluate.mean_nll`, so "tuned" here is what `mlxsft eval` reports. The fused model
 is loaded from the files written, as a user would load it. What to say about the numbers
-is the caller's (`mlxsft.fuse`).
+is the caller's (`mlxsft.export.fuse`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Write a fused (full-precision) mlx-lm model as one GGUF file for llama.cpp.
 
 Architectures: llama (and mistral, which llama.cpp runs as llama), qwen2, qwen3 - the ones
-`mlxsft.gguf` reads back. What is written follows llama.cpp's convert_hf_to_gguf.py:
+`mlxsft.gguf.reader` reads back. What is written follows llama.cpp's convert_hf_to_gguf.py:
 hyper-parameters under `<arch>.*`; tensor names from the gguf package's own table
 (`gguf.get_tensor_name_map`); llama's q/k rows permuted for llama.cpp's interleaved
 RoPE; the byte-level BPE tokenizer (tokens, token types, merges, special ids, chat
@@ -28,7 +28,7 @@ from mlxsft.errors import UserError
 GGUF_ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
 FLOAT_TYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 QUANT_TYPES = {8: "Q8_0", 4: "Q4_1"}  # Q4_1 is affine (scale and minimum), as MLX's 4-bit
-# The tokenizer.ggml.pre names tried, one per distinct behaviour in mlxsft.gguf_tokenizer.
+# The tokenizer.ggml.pre names tried, one per distinct behaviour in mlxsft.gguf.tokenizer.
 PRE_CANDIDATES = ("gpt-2", "smollm", "llama-bpe", "qwen2", "stablelm2", "dbrx", "default")
 # llama.cpp's own check text for telling pre-tokenizers apart (convert_hf_to_gguf_update.py).
 PROBE_TEXT = (
@@ -80,7 +80,7 @@ def tokenizer_metadata(loaded, sample_texts=()) -> dict:
     from mlxsft.masking import hf_tokenizer
 
     if loaded.kind == "gguf":
-        from mlxsft.gguf import read_gguf_header
+        from mlxsft.gguf.reader import read_gguf_header
 
         md = read_gguf_header(loaded.path).metadata
         return {k: v for k, v in md.items() if k in _TOKENIZER_WRITERS}
@@ -129,7 +129,7 @@ def hf_tokenizer_metadata(tok, vocab_size: int, sample_texts=()) -> dict:
 def detect_pre_tokenizer(tok, md: dict, texts) -> str:
     """The first `tokenizer.ggml.pre` name whose rebuilt tokenizer (the one mlxsft's GGUF
     reader, and llama.cpp, would use) tokenizes every text exactly as `tok` does."""
-    from mlxsft.gguf_tokenizer import build_tokenizer
+    from mlxsft.gguf.tokenizer import build_tokenizer
 
     def ids(t, text, special):
         return t(text, add_special_tokens=special)["input_ids"]

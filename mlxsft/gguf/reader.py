@@ -11,7 +11,7 @@ an `mlx_lm.models.<arch>.Model`. The tokenizer is rebuilt from the metadata with
 It does not read K-quants or i-quants (MLX turns some into float16 on load, and its Q4_K
 values disagree with llama.cpp's reference dequantization), SentencePiece vocabularies,
 or architectures other than those in `ARCHITECTURES`; each of those is a `UserError`
-that says what to use instead. Writing GGUF is `mlxsft.export_gguf`.
+that says what to use instead. Writing GGUF is `mlxsft.gguf.writer`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from math import prod
 from pathlib import Path
 
 from mlxsft.errors import UserError
-from mlxsft.gguf_tokenizer import PRE_TOKENIZERS, build_tokenizer, tokenizer_problem  # noqa: F401
+from mlxsft.gguf.tokenizer import PRE_TOKENIZERS, build_tokenizer, tokenizer_problem  # noqa: F401
 
 GGUF_MAGIC = b"GGUF"
 
