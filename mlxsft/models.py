@@ -170,7 +170,7 @@ def load_model(spec: str | None = None, quantize: int | None = None,
 
         from mlxsft.gguf.reader import load_gguf
 
-        model, hf_tok, config = load_gguf(path, dequantize=dequantize)
+        model, hf_tok, config = load_gguf(path, dequantize=dequantize, notes=notes)
         tokenizer = TokenizerWrapper(hf_tok, eos_token_ids=_eos_ids(config))
     else:
         _check_hf_dir(path, source)

@@ -219,14 +219,19 @@ def test_quantized_weights_stay_quantized(tmp_path, chatml, types, bits):
     np.testing.assert_allclose(np.array(loaded(x)), ref, atol=2e-5, rtol=1e-5)
 
 
-def test_bf16_beyond_float16_range_is_refused(tmp_path, chatml):
+def test_bf16_beyond_float16_range_is_refused_in_a_float16_model(tmp_path, chatml):
     model, config = tiny_model(vocab_size=len(chatml))
     down = model.model.layers[1].mlp.down_proj
     down.weight = mx.where(mx.arange(down.weight.shape[1]) == 3, 1e6, down.weight)
-    path = write_gguf(tmp_path / "b.gguf", model, config, chatml, ("BF16", "BF16"))
+    path = write_gguf(tmp_path / "b.gguf", model, config, chatml, ("BF16", "F16"))
     with pytest.raises(UserError, match=r"BF16 tensor blk\.1\.ffn_down\.weight has values "
-                       "beyond float16's range"):
+                       "beyond mlx.core.float16's range"):
         load_gguf(path)
+    # An all-BF16 file stays bfloat16, which holds them.
+    path = write_gguf(tmp_path / "a.gguf", model, config, chatml, ("BF16", "BF16"))
+    loaded, _, _ = load_gguf(path)
+    got = loaded.model.layers[1].mlp.down_proj.weight
+    assert got.dtype == mx.bfloat16 and got[:, 3].astype(mx.float32).max().item() == 999424.0
 
 
 def test_config_and_weights_save_as_an_mlx_lm_model_directory(tmp_path, chatml):
@@ -334,11 +339,11 @@ def minimal_gguf(path, arch="llama", tokenizer="gpt2", tensor_type=T.F32, pre="g
     return path
 
 
-@pytest.mark.parametrize("kind", [T.Q4_K, T.Q6_K, T.Q5_0, T.IQ4_XS])
+@pytest.mark.parametrize("kind", [T.Q8_K, T.Q8_1])
 def test_unsupported_tensor_type_names_the_tensor_and_what_to_do(tmp_path, kind):
     path = minimal_gguf(tmp_path / "k.gguf", tensor_type=kind)
     message = (rf"k\.gguf: tensor blk\.0\.ffn_down\.weight is {kind.name}, .*re-export the "
-               "GGUF as Q8_0, Q4_0 or F16")
+               "GGUF as Q4_K_M, Q8_0 or F16")
     with pytest.raises(UserError, match=message):
         load_gguf(path)
     summary = gguf_summary(path)
@@ -414,3 +419,47 @@ def test_smollm2_gguf_answers_and_predicts_text():
         return nn.losses.cross_entropy(model(x[:, :-1]), x[:, 1:], reduction="mean").item()
 
     assert loss(ids) < 3 and loss(shuffled) > 6
+
+
+# -- storage the user cannot write --------------------------------------------------------
+READ_ONLY_LOAD = """
+import sys
+import mlx.core as mx
+path = sys.argv[1]
+try:
+    mx.load(path)  # opens the file O_RDWR|O_APPEND: the read-only mount must refuse it
+except Exception:
+    pass
+else:
+    sys.exit("mx.load read the file: the mount is not read-only, the test proves nothing")
+from mlxsft.gguf.reader import load_gguf
+model, tok, config = load_gguf(path)
+print(config["quantization"]["bits"], tok("hello")["input_ids"])
+"""
+
+
+def test_a_gguf_on_read_only_storage_loads(tmp_path, chatml):
+    """Root ignores permission bits, so the file sits on a read-only bind mount, made in a
+    private mount namespace (`unshare --mount`) that ends with the subprocess."""
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare(1) to make a read-only mount")
+    model, config = tiny_model(vocab_size=len(chatml))
+    store = tmp_path / "store"
+    store.mkdir()
+    path = write_gguf(store / "m.gguf", model, config, chatml, ("Q4_1", "Q8_0"))
+    script = tmp_path / "load.py"
+    script.write_text(READ_ONLY_LOAD)
+    mount = (f"mount --bind {store} {store} && mount -o remount,ro,bind {store} && "
+             f"exec {sys.executable} {script} {path}")
+    run = subprocess.run(["unshare", "--mount", "sh", "-c", mount], capture_output=True,
+                         text=True, timeout=180)
+    if run.returncode != 0 and ("mount" in run.stderr or "unshare" in run.stderr) and \
+            "Traceback" not in run.stderr:
+        pytest.skip(f"cannot make a read-only mount here: {run.stderr.strip()[-200:]}")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split()[0] == "4"
+    assert run.stdout.strip().endswith(str(chatml("hello")["input_ids"]))

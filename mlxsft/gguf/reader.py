@@ -1,15 +1,17 @@
 """Load a GGUF file (llama.cpp's format) as an mlx-lm model, its tokenizer and an HF-style config.
 
 The header is read here, so that a truncated download, an architecture we cannot build or
-a tensor type we cannot keep is named before any weight is read. `mx.load` reads the
-tensors: Q4_0, Q4_1 and Q8_0 arrive as MLX affine-quantized weights (group size 32, the
-same numbers llama.cpp computes with), F32/F16/BF16 as floats. They are renamed to
-mlx-lm's names, llama's q/k rows are put back in Hugging Face order, and the model is
-an `mlx_lm.models.<arch>.Model`. The tokenizer is rebuilt from the metadata with
-`tokenizers` (byte-level BPE vocabularies; the pre-tokenizer follows llama.cpp's table).
+a tensor type we cannot read is named before any weight is read. The tensors are read
+through a read-only memory map by `mlxsft.gguf.tensors` (never `mx.load`, which needs write
+access): Q4_0, Q4_1 and Q8_0 arrive as MLX affine-quantized weights (group size 32, the
+same numbers llama.cpp computes with), F32/F16/BF16 as floats, and K-quants, Q5_0/Q5_1
+and IQ types de-quantized with the `gguf` package and re-quantized to MLX affine 4 or 8
+bits (or kept float on request), which the load notes say. They are renamed to mlx-lm's
+names, llama's q/k rows are put back in Hugging Face order, and the model is an
+`mlx_lm.models.<arch>.Model`. The tokenizer is rebuilt from the metadata with `tokenizers`
+(byte-level BPE vocabularies; the pre-tokenizer follows llama.cpp's table).
 
-It does not read K-quants or i-quants (MLX turns some into float16 on load, and its Q4_K
-values disagree with llama.cpp's reference dequantization), SentencePiece vocabularies,
+It does not read SentencePiece vocabularies, types the `gguf` package cannot de-quantize,
 or architectures other than those in `ARCHITECTURES`; each of those is a `UserError`
 that says what to use instead. Writing GGUF is `mlxsft.gguf.writer`.
 """
@@ -26,6 +28,7 @@ from math import prod
 from pathlib import Path
 
 from mlxsft.errors import UserError
+from mlxsft.gguf.tensors import FLOAT_TYPES, GROUP_SIZE, NATIVE_TYPES  # noqa: F401
 from mlxsft.gguf.tokenizer import PRE_TOKENIZERS, build_tokenizer, tokenizer_problem  # noqa: F401
 
 GGUF_MAGIC = b"GGUF"
@@ -42,10 +45,7 @@ GGML_TYPES = {
     26: ("I32", 1, 4), 27: ("I64", 1, 8), 28: ("F64", 1, 8), 29: ("IQ1_M", 256, 56),
     30: ("BF16", 1, 2), 34: ("TQ1_0", 256, 54), 35: ("TQ2_0", 256, 66), 39: ("MXFP4", 32, 17),
 }
-# The types MLX represents faithfully: quantized ones as affine (packed, scales, biases).
-QUANTIZED_TYPES = {"Q4_0": 4, "Q4_1": 4, "Q8_0": 8}
-FLOAT_TYPES = {"F32", "F16", "BF16"}
-GROUP_SIZE = 32  # every ggml block type MLX keeps quantized has 32 weights per block
+QUANTIZED_TYPES = NATIVE_TYPES  # the name earlier callers used
 
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
             10: "<Q", 11: "<q", 12: "<d"}
@@ -246,11 +246,13 @@ def _problem(header: GGUFHeader) -> str | None:
     if arch not in ARCHITECTURES:
         return (f"architecture {arch!r} is not supported (supported: "
                 f"{', '.join(ARCHITECTURES)}); use the Hugging Face model instead")
+    from mlxsft.gguf.tensors import dequantizable
+
     for t in header.tensors:
-        if t.type_name not in QUANTIZED_TYPES and t.type_name not in FLOAT_TYPES:
-            return (f"tensor {t.name} is {t.type_name}, which mlxsft cannot keep exactly "
-                    "(it reads F32, F16, BF16, Q8_0, Q4_0 and Q4_1); re-export the GGUF as "
-                    "Q8_0, Q4_0 or F16, or use the Hugging Face model")
+        if t.nbytes is None or not dequantizable(t.type_name):
+            return (f"tensor {t.name} is {t.type_name}, which mlxsft cannot read (the gguf "
+                    "package has no de-quantizer for it); re-export the GGUF as Q4_K_M, "
+                    "Q8_0 or F16, or use the Hugging Face model")
         if mlx_name(t.name) is None:
             why = (" (llama 3.1-style RoPE scaling)" if t.name.startswith("rope_freqs") else "")
             return (f"tensor {t.name}{why} has no place in mlx-lm's {arch} model; use the "
@@ -324,31 +326,44 @@ def _unpermute_rows(w, n_heads: int):
             .swapaxes(1, 2).reshape(w.shape))
 
 
-def _read_weights(header: GGUFHeader, config: dict) -> dict:
+def _read_weights(header: GGUFHeader, config: dict, dequantize: bool,
+                  notes: list[str]) -> dict:
     import mlx.core as mx
 
-    try:
-        raw = mx.load(str(header.path))
-    except (RuntimeError, ValueError) as e:
-        raise UserError(f"{header.path}: MLX could not read its tensors "
-                        f"({str(e).splitlines()[0]})") from None
-    bf16 = {t.name for t in header.tensors if t.type_name == "BF16"}
+    from mlxsft.gguf.tensors import open_data, raw_bytes, requant_bits, tensor_arrays
+
     permuted = ARCHITECTURES[config["model_type"]].permuted_qk
     heads = {"self_attn.q_proj": config["num_attention_heads"],
              "self_attn.k_proj": config["num_key_value_heads"]}
-    weights = {}
-    for key, value in raw.items():
-        name = mlx_name(key)
+    try:
+        data = open_data(header.path)
+    except OSError as e:
+        raise UserError(f"{header.path}: cannot read it ({e.strerror})") from None
+    weights, requantized = {}, Counter()
+    for tensor in header.tensors:
+        name = mlx_name(tensor.name)
         if name is None:  # _problem() has already refused unknown tensors
-            raise UserError(f"{header.path}: unexpected tensor {key}")
+            raise UserError(f"{header.path}: unexpected tensor {tensor.name}")
         module = name.rsplit(".", 1)[0].split(".", 3)[-1]
-        if permuted and module in heads:
-            value = _unpermute_rows(value, heads[module])
-        # MLX reads BF16 as float16, whose range ends at 65504.
-        if key in bf16 and not mx.isfinite(value).all().item():
-            raise UserError(f"{header.path}: BF16 tensor {key} has values beyond float16's "
-                            "range; re-export the GGUF as F32 or Q8_0")
-        weights[name] = value
+        parts = tensor_arrays(raw_bytes(data, header.data_start, tensor), tensor.type_name,
+                              tensor.shape, dequantize=dequantize)
+        if "scales" in parts and tensor.type_name not in NATIVE_TYPES:
+            requantized[(tensor.type_name, requant_bits(tensor.type_name))] += 1
+        elif dequantize and tensor.type_name not in FLOAT_TYPES:
+            requantized[(tensor.type_name, None)] += 1
+        prefix = name.rsplit(".", 1)[0]
+        for part, value in parts.items():
+            if permuted and module in heads:
+                value = _unpermute_rows(value, heads[module])
+            weights[name if part == "weight" else f"{prefix}.{part}"] = value
+    del data  # the map closes when the last view goes
+    if requantized:
+        notes.append("; ".join(
+            f"{n} {kind} tensor{'s' * (n > 1)} " + (f"re-quantized to MLX {bits}-bit affine "
+                                                    "(group size 32)" if bits else
+                                                    "de-quantized to float")
+            for (kind, bits), n in sorted(requantized.items())) + " (MLX cannot compute with "
+            "those ggml types directly)")
     return weights
 
 
@@ -364,12 +379,13 @@ def _quantized_layers(weights: dict) -> dict[str, dict]:
     return layers
 
 
-def load_gguf(path, *, dequantize: bool = False):
+def load_gguf(path, *, dequantize: bool = False, notes: list[str] | None = None):
     """(mlx-lm model, `PreTrainedTokenizerFast`, HF-style config) from a GGUF file.
 
     Q4_0/Q4_1/Q8_0 weights stay quantized (`nn.QuantizedLinear`/`QuantizedEmbedding`,
     group size 32, the bits of each layer; `config["quantization"]` says so in mlx-lm's
     form) and floats keep the dtype of the token embedding's scales (float16) or weight.
+    Types MLX cannot keep are re-quantized (see `mlxsft.gguf.tensors`), said in `notes`.
     `dequantize=True` gives float32 weights of the same values instead.
     """
     import mlx.core as mx
@@ -380,15 +396,10 @@ def load_gguf(path, *, dequantize: bool = False):
         raise UserError(f"{header.path}: {problem}")
     config = _model_config(header)
     tokenizer = _build_tokenizer(header)
-    weights = _read_weights(header, config)
+    weights = _read_weights(header, config, dequantize, notes if notes is not None else [])
     layers = _quantized_layers(weights)
     if dequantize:
-        for path_, q in layers.items():
-            scales = weights.pop(path_ + ".scales").astype(mx.float32)
-            biases = weights.pop(path_ + ".biases").astype(mx.float32)
-            weights[path_ + ".weight"] = mx.dequantize(
-                weights[path_ + ".weight"], scales, biases, **q)
-        layers, dtype = {}, mx.float32
+        dtype = mx.float32
     else:
         # One float dtype for the whole model (GGUF keeps norms in F32 next to F16 scales):
         # mixed dtypes would promote activations to float32 halfway through each block.
@@ -403,6 +414,12 @@ def load_gguf(path, *, dequantize: bool = False):
                 p: q for p, q in layers.items() if q["bits"] != common}}
     weights = {k: v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) else v
                for k, v in weights.items()}
+    for tensor in header.tensors:  # float16 ends at 65504; BF16 goes much further
+        value = weights.get(mlx_name(tensor.name))
+        if tensor.type_name == "BF16" and value is not None and \
+                not mx.isfinite(value).all().item():
+            raise UserError(f"{header.path}: BF16 tensor {tensor.name} has values beyond "
+                            f"{dtype}'s range; re-export the GGUF as F32 or Q8_0")
 
     module = importlib.import_module(f"mlx_lm.models.{ARCHITECTURES[config['model_type']].module}")
     model = module.Model(module.ModelArgs.from_dict(config))
