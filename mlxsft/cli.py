@@ -329,9 +329,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None, choices=("float16", "bfloat16", "float32"),
                    help="float type written (default: the base's; float16 for a quantized "
                    "base)")
-    p.add_argument("--quantize", type=int, choices=(4, 8), default=None, metavar="BITS",
+    p.add_argument("--quantize", default=None, metavar="BITS|SCHEME",
                    help="re-quantize: 4 or 8 bits (MLX affine, the base's group size or 64; "
-                   "GGUF Q4_1 / Q8_0); the loss change is reported")
+                   "GGUF Q4_1 / Q8_0), or for GGUF a llama.cpp scheme: q4_k_m, q5_k_m, q6_k, "
+                   "q8_0, q4_k_s, q5_k_s, q4_0, q4_1, q5_0, q5_1, or same (each tensor as the "
+                   "source GGUF had it); the loss change is reported")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_fuse)
 

@@ -4,7 +4,8 @@ W' = W + scale * B A for every LoRA layer (mlx-lm's `LoRALinear.fuse`; its lora_
 A^T [in, r] and lora_b is B^T [r, out], scale = alpha / rank). A quantized base is
 de-quantized first and every sum is taken in float32, then rounded once to the output
 dtype (the base's float dtype by default, float16 for a quantized base) and, on request,
-re-quantized (`quantize` bits: MLX affine for --format mlx, Q8_0 / Q4_1 for GGUF).
+re-quantized (`quantize`: 4 or 8 bits, MLX affine for --format mlx and Q4_1 / Q8_0 for
+GGUF; or for GGUF a llama.cpp scheme such as q4_k_m, or `same` as the source GGUF).
 
 Formats: "mlx" and "hf" write a Hugging Face model directory that `mlx_lm.load` opens;
 "hf" also promises transformers can (full precision, weight names checked against the
@@ -37,7 +38,7 @@ class FuseResult:
     format: str
     dtype: str
     quantization: str | None  # e.g. "4-bit (group size 64)" or "Q8_0"
-    bits: int | None
+    bits: int | str | None
     verification: Verification
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -113,12 +114,15 @@ def _same_base(adapter_config: dict, model: str) -> bool:
 
 # -- the command --------------------------------------------------------------------------
 def fuse(adapter: str | Path, out: str | Path, model: str | None = None, fmt: str = "mlx",
-         dtype: str | None = None, quantize: int | None = None) -> FuseResult:
+         dtype: str | None = None, quantize: int | str | None = None) -> FuseResult:
     """Fuse `adapter` into its base (or `model`), write OUT in `fmt`, verify, report."""
     from mlxsft.checkpoints import read_adapter_config
     from mlxsft.export.staging import check_free_space, check_out_free, check_out_writable, staged
+    from mlxsft.gguf.schemes import parse_quantize
 
     adapter_dir, out = Path(adapter), Path(out)
+    if fmt in FORMATS:
+        quantize = parse_quantize(quantize, fmt)
     _check_options(fmt, dtype, quantize)
     check_out_free(out)
     check_out_writable(out)
@@ -127,12 +131,13 @@ def fuse(adapter: str | Path, out: str | Path, model: str | None = None, fmt: st
     out_dtype = dtype or stored_float_dtype(loaded)
     held_out = HeldOut.of(adapter_config, loaded.tokenizer)
     notes += held_out.notes
-    tokenizer_md = None
+    tokenizer_md, source = None, {}
     if fmt == "gguf":  # refused here (architecture, tokenizer) rather than after the work
         from mlxsft.gguf.writer import gguf_architecture, tokenizer_metadata
 
         gguf_architecture(loaded.config)
         tokenizer_md = tokenizer_metadata(loaded, held_out.texts())
+        source = _source_types(loaded, quantize)
     reference = _base_and_tuned(loaded, adapter_dir, held_out)
     config, quantization = _fuse_weights(loaded, out_dtype, fmt, quantize)
     notes += _check_names(loaded, fmt, quantize)
@@ -143,7 +148,8 @@ def fuse(adapter: str | Path, out: str | Path, model: str | None = None, fmt: st
             from mlxsft.gguf.writer import FLOAT_TYPES, write_gguf
 
             write_gguf(target, loaded.model, config, tokenizer_md, FLOAT_TYPES[out_dtype],
-                       quantization, name=out.stem)
+                       quantize if isinstance(quantize, str) else quantization,
+                       name=out.stem, notes=notes, **source)
         else:
             from mlxsft.export.hf import write_model_dir
 
@@ -163,7 +169,10 @@ def _written_bytes(model, out_dtype: str, fmt: str, quantize: int | None) -> int
 
     params = tree_flatten(model.parameters())
     if fmt == "gguf":
-        per_weight = {None: 4 if out_dtype == "float32" else 2, 8: 34 / 32, 4: 20 / 32}[quantize]
+        per_weight = {None: 4 if out_dtype == "float32" else 2, 8: 34 / 32, 4: 20 / 32,
+                      "q4_k_m": 0.65, "q4_k_s": 0.6, "q5_k_m": 0.75, "q5_k_s": 0.7,
+                      "q6_k": 210 / 256, "q4_0": 18 / 32, "q4_1": 20 / 32, "q5_0": 22 / 32,
+                      "q5_1": 24 / 32}.get(quantize, 34 / 32)  # same: at most Q8_0's
         return int(sum(p.size for _, p in params) * per_weight)
     return sum(p.nbytes for _, p in params)
 
@@ -173,7 +182,7 @@ def _check_options(fmt: str, dtype: str | None, quantize: int | None) -> None:
         raise UserError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
     if dtype is not None and dtype not in DTYPES:
         raise UserError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
-    if quantize not in (None, 4, 8):
+    if quantize not in (None, 4, 8) and fmt != "gguf":
         raise UserError(f"--quantize {quantize}: use 4 or 8")
     if fmt == "hf" and quantize:
         raise UserError("--quantize with --format hf: transformers cannot read MLX's quantized "
@@ -226,7 +235,23 @@ def _fuse_weights(loaded, out_dtype: str, fmt: str, quantize: int | None):
         group_size = (loaded.quantization or {}).get("group_size", 64)
         loaded.model, config = quantize_model(loaded.model, config, quantize, group_size)
         return config, f"{quantize}-bit (group size {group_size})"
+    if isinstance(quantize, str):
+        return config, ("the source GGUF's types" if quantize == "same" else quantize.upper())
     return config, QUANT_TYPES[quantize] if quantize else None
+
+
+def _source_types(loaded, quantize) -> dict:
+    """For --quantize same: each tensor's type in the source GGUF, and its file type."""
+    if quantize != "same":
+        return {}
+    if loaded.kind != "gguf":
+        raise UserError("--quantize same: the base is not a GGUF file, so there are no "
+                        "source types to keep; name a scheme such as q4_k_m or q8_0")
+    from mlxsft.gguf.reader import read_gguf_header
+
+    header = read_gguf_header(loaded.path)
+    return {"source_types": {t.name: t.type_name for t in header.tensors},
+            "source_file_type": header.metadata.get("general.file_type")}
 
 
 def _check_names(loaded, fmt: str, quantize: int | None) -> list[str]:

@@ -347,7 +347,7 @@ def _read_weights(header: GGUFHeader, config: dict, dequantize: bool,
         module = name.rsplit(".", 1)[0].split(".", 3)[-1]
         parts = tensor_arrays(raw_bytes(data, header.data_start, tensor), tensor.type_name,
                               tensor.shape, dequantize=dequantize)
-        if "scales" in parts and tensor.type_name not in NATIVE_TYPES:
+        if "scales" in parts and tensor.type_name not in NATIVE_TYPES | {"Q4_K": 4}:
             requantized[(tensor.type_name, requant_bits(tensor.type_name))] += 1
         elif dequantize and tensor.type_name not in FLOAT_TYPES:
             requantized[(tensor.type_name, None)] += 1

@@ -8,7 +8,9 @@ What each ggml type becomes:
 - F32, F16, BF16: the same float type.
 - Q4_0, Q4_1, Q8_0: MLX affine-quantized weights (packed uint32, scales, biases; group size
   32), rearranged bit for bit: the values are exactly llama.cpp's.
-- every other type the `gguf` package de-quantizes (K-quants Q2_K..Q6_K, Q5_0/Q5_1, IQ
+- Q4_K: also exactly, as MLX 4-bit with group size 32 (each 32-weight sub-block is
+  d*sc * q - dmin*m, q in 0..15: an affine group).
+- every other type the `gguf` package de-quantizes (Q2_K, Q3_K, Q5_K, Q6_K, Q5_0/Q5_1, IQ
   types, ...): de-quantized to float32 with `gguf.quants.dequantize` (llama.cpp's reference
   Python) and, unless float weights are asked for, re-quantized to MLX affine with
   `requant_bits` (4 bits for sources of at most 4.5 bits per weight, else 8), group size 32.
@@ -103,6 +105,24 @@ def _native_affine(raw: np.ndarray, type_name: str, shape):
     return packed, d, bias
 
 
+def _q4_k_affine(raw: np.ndarray, shape):
+    """Q4_K super-blocks as MLX 4-bit groups of 32: the same values, no re-quantization."""
+    from gguf.quants import Q4_K
+
+    blocks = np.asarray(raw).reshape(-1, 144)
+    d = blocks[:, 0:2].copy().view(np.float16).astype(np.float32)
+    dmin = blocks[:, 2:4].copy().view(np.float16).astype(np.float32)
+    sc, m = Q4_K.get_scale_min(blocks[:, 4:16].copy())
+    qs = blocks[:, 16:].reshape(-1, 4, 1, 32) >> np.array([0, 4], np.uint8).reshape(1, 1, 2, 1)
+    q = (qs & np.uint8(15)).reshape(-1, 256)  # weight order: sub-block 2c, 2c + 1 of chunk c
+    packed = (q[:, 0::2] | (q[:, 1::2] << np.uint8(4))).astype(np.uint8)
+    group_shape = (*shape[:-1], shape[-1] // 32)
+    scales = (d * sc.astype(np.float32)).reshape(group_shape)
+    biases = (-dmin * m.astype(np.float32)).reshape(group_shape)
+    return (np.ascontiguousarray(packed).view(np.uint32).reshape(*shape[:-1], shape[-1] // 8),
+            scales, biases)
+
+
 def tensor_arrays(raw: np.ndarray, type_name: str, shape, *, dequantize: bool) -> dict:
     """{"weight": ...} or {"weight", "scales", "biases"} MLX arrays for one tensor."""
     import mlx.core as mx
@@ -113,14 +133,20 @@ def tensor_arrays(raw: np.ndarray, type_name: str, shape, *, dequantize: bool) -
     if type_name == "BF16":
         bits = np.frombuffer(raw, np.uint16).reshape(shape)
         return {"weight": mx.array(bits).view(mx.bfloat16)}
-    if type_name in NATIVE_TYPES and len(shape) > 1:
-        packed, scales, biases = _native_affine(raw, type_name, shape)
+    if (type_name in NATIVE_TYPES or type_name == "Q4_K") and len(shape) > 1:
+        if type_name == "Q4_K":
+            packed, scales, biases = _q4_k_affine(raw, shape)
+        else:
+            packed, scales, biases = _native_affine(raw, type_name, shape)
         weight, scales, biases = mx.array(packed), mx.array(scales), mx.array(biases)
+        bits = NATIVE_TYPES.get(type_name, 4)
         if not dequantize:
-            return {"weight": weight, "scales": scales, "biases": biases}
+            # float16 scales, as Q4_0/Q4_1/Q8_0 store them: one float dtype for the model.
+            return {"weight": weight, "scales": scales.astype(mx.float16),
+                    "biases": biases.astype(mx.float16)}
         return {"weight": mx.dequantize(weight, scales.astype(mx.float32),
                                         biases.astype(mx.float32), group_size=GROUP_SIZE,
-                                        bits=NATIVE_TYPES[type_name])}
+                                        bits=bits)}
     values = mx.array(float32_values(raw, type_name, shape))
     if dequantize or len(shape) < 2 or shape[-1] % GROUP_SIZE:
         return {"weight": values}
