@@ -178,7 +178,8 @@ def cmd_chat(args) -> int:
 def cmd_fuse(args) -> int:
     from mlxsft.export.fuse import fuse
 
-    result = fuse(args.adapter, args.out, args.model, args.format, args.dtype, args.quantize)
+    result = fuse(args.adapter, args.out, args.model, args.format, args.dtype, args.quantize,
+                  lmstudio_dir=args.lmstudio_dir)
     if args.json:
         print(json.dumps(result.to_json()))
         return 0
@@ -320,12 +321,18 @@ def build_parser() -> argparse.ArgumentParser:
                        "(max |logit diff|, response-only loss). OUT appears only when done.")
     p.add_argument("--adapter", required=True, help="adapter directory (a run directory, "
                    "its best/ or a checkpoint)")
-    p.add_argument("--out", required=True, help="the model directory (or .gguf file) to write")
+    p.add_argument("--out", required=True, help="the model directory (or .gguf file) to write; "
+                   "for --format lmstudio the model's name, publisher/name or name")
     p.add_argument("--model", default=None, help="base model (default: the adapter's base)")
-    p.add_argument("--format", default="mlx", choices=("mlx", "hf", "gguf"),
+    p.add_argument("--format", default="mlx", choices=("mlx", "hf", "gguf", "ollama", "lmstudio"),
                    help="mlx: directory for mlx-lm (may be quantized); hf: full-precision "
                    "directory for transformers and mlx-lm; gguf: one llama.cpp file "
-                   "(llama, mistral, qwen2, qwen3) (default: mlx)")
+                   "(llama, mistral, qwen2, qwen3); ollama: a directory with the GGUF and a "
+                   "Modelfile (stop tokens, template); lmstudio: the GGUF in LM Studio's "
+                   "models folder (default: mlx)")
+    p.add_argument("--lmstudio-dir", default=None, metavar="DIR",
+                   help="LM Studio's models folder for --format lmstudio (default: "
+                   "~/.lmstudio/models)")
     p.add_argument("--dtype", default=None, choices=("float16", "bfloat16", "float32"),
                    help="float type written (default: the base's; float16 for a quantized "
                    "base)")
