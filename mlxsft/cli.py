@@ -192,6 +192,14 @@ def cmd_fuse(args) -> int:
 def cmd_export_adapter(args) -> int:
     from mlxsft.export.peft import export_peft
 
+    if args.format == "gguf":
+        from mlxsft.gguf.adapter import export_gguf_adapter
+
+        done = export_gguf_adapter(args.adapter, args.out, args.base)
+        print(f"wrote a llama.cpp LoRA adapter GGUF to {done.out}: {done.tensors} tensors, r "
+              f"{done.rank}, alpha {done.alpha:g}, base {done.base} (llama-cli -m BASE.gguf "
+              f"--lora {done.out}; Ollama: ADAPTER {done.out})")
+        return 0
     result = export_peft(args.adapter, args.out, args.base)
     print(f"wrote a PEFT LoRA adapter to {result.out}: {result.modules} modules, r "
           f"{result.rank}, lora_alpha {result.lora_alpha:g}, base "
@@ -350,7 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "scale * r) for peft.PeftModel.from_pretrained on the transformers "
                        "version of the base.")
     p.add_argument("--adapter", required=True, help="adapter directory")
-    p.add_argument("--format", default="peft", choices=("peft",), help="peft (the only one so far)")
+    p.add_argument("--format", default="peft", choices=("peft", "gguf"),
+                   help="peft: PEFT's layout for transformers; gguf: llama.cpp's LoRA adapter "
+                   "GGUF (llama-cli --lora, Ollama ADAPTER) (default: peft)")
     p.add_argument("--out", required=True, help="the directory to write")
     p.add_argument("--base", default=None, help="base_model_name_or_path to record (default: "
                    "the adapter's base; give the Hugging Face id when it was a GGUF file)")
