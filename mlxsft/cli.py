@@ -209,6 +209,15 @@ def cmd_export_adapter(args) -> int:
     return 0
 
 
+def cmd_push(args) -> int:
+    from mlxsft.export.push import push
+
+    result = push(args.source, args.repo, args.private)
+    print(f"pushed the {result.kind} in {args.source} to {result.url} ({len(result.files)} "
+          f"files: {', '.join(result.files)})")
+    return 0
+
+
 # -- bench -----------------------------------------------------------------------------
 def cmd_bench(args) -> int:
     from mlxsft.bench import run_bench
@@ -365,6 +374,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", default=None, help="base_model_name_or_path to record (default: "
                    "the adapter's base; give the Hugging Face id when it was a GGUF file)")
     p.set_defaults(func=cmd_export_adapter)
+
+    p = sub.add_parser("push", help="upload an adapter, fused model or GGUF to the "
+                       "Hugging Face hub with a model card",
+                       description="SOURCE: a run or adapter directory (uploaded in mlx-lm's "
+                       "and PEFT's layouts), a fused model directory, or a .gguf file. Needs "
+                       "a token (`hf auth login`); nothing is staged without one.")
+    p.add_argument("source", metavar="RUN|DIR|FILE", help="what to upload")
+    p.add_argument("--repo", required=True, metavar="USER/NAME", help="the hub repository "
+                   "(created when missing)")
+    p.add_argument("--private", action="store_true", help="create the repository private")
+    p.set_defaults(func=cmd_push)
 
     p = sub.add_parser("bench", help="time the training step: tokens/s, memory, %% of peak",
                        description="Run the real compiled training step on fixed-shape batches "
