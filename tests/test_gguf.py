@@ -354,8 +354,8 @@ def test_unsupported_tensor_type_names_the_tensor_and_what_to_do(tmp_path, kind)
 def test_unsupported_architecture_and_tokenizer(tmp_path):
     with pytest.raises(UserError, match=r"a\.gguf: architecture 'gpt2' is not supported"):
         load_gguf(minimal_gguf(tmp_path / "a.gguf", arch="gpt2"))
-    with pytest.raises(UserError, match=r"s\.gguf: the tokenizer is a SentencePiece vocabulary"):
-        load_gguf_tokenizer(minimal_gguf(tmp_path / "s.gguf", tokenizer="llama"))
+    with pytest.raises(UserError, match=r"s\.gguf: the tokenizer is 'bert'; mlxsft reads"):
+        load_gguf_tokenizer(minimal_gguf(tmp_path / "s.gguf", tokenizer="bert"))
     with pytest.raises(UserError, match=r"p\.gguf: pre-tokenizer 'tekken' is not one of"):
         load_gguf(minimal_gguf(tmp_path / "p.gguf", pre="tekken"))
 
@@ -463,3 +463,52 @@ def test_a_gguf_on_read_only_storage_loads(tmp_path, chatml):
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.split()[0] == "4"
     assert run.stdout.strip().endswith(str(chatml("hello")["input_ids"]))
+
+
+# -- SentencePiece vocabularies (Llama 2, Mistral 7B, Phi-3) -------------------------------
+def sentencepiece_tokenizer():
+    """Laid out as Llama 2's tokenizer.json: BPE with byte fallback over a "▁"-prefixed
+    text, <unk> <s> </s> and the 256 byte tokens first, BOS added."""
+    from tiny import corpus
+    from tokenizers import Tokenizer, decoders, models, normalizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"),
+                                           normalizers.Replace(" ", "\u2581")])
+    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(),
+                                     decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    specials = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
+    tok.train_from_iterator(corpus() + STRINGS, trainers.BpeTrainer(
+        vocab_size=700, special_tokens=specials, show_progress=False))
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A",
+                                                       special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                   unk_token="<unk>", clean_up_tokenization_spaces=False)
+
+
+def test_sentencepiece_tokenizer_gives_the_original_ids(tmp_path):
+    hf = sentencepiece_tokenizer()
+    tokens = [t for t, _ in sorted(hf.get_vocab().items(), key=lambda kv: kv[1])]
+    w = GGUFWriter(str(tmp_path / "spm.gguf"), "llama")
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    # convert_hf_to_gguf.py takes SentencePiece's scores; for a BPE-trained model the merge
+    # order (later tokens are later merges) is the score order.
+    w.add_token_scores([-float(i) for i in range(len(tokens))])
+    w.add_token_types([3 if t in ("<s>", "</s>") else 2 if t == "<unk>" else
+                       6 if t.startswith("<0x") else 1 for t in tokens])
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+    w.add_tensor("blk.0.ffn_down.weight", np.zeros((4, 32), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    got = load_gguf_tokenizer(tmp_path / "spm.gguf")
+    for text in STRINGS + ["  two leading spaces", "x\n\n  y"]:
+        want = hf(text)["input_ids"]
+        assert got(text)["input_ids"] == want, text
+        assert want[0] == 1 and 0 not in want  # BOS; byte fallback, never <unk>
+        assert got.decode(want, skip_special_tokens=True) == text
