@@ -512,3 +512,83 @@ def test_sentencepiece_tokenizer_gives_the_original_ids(tmp_path):
         assert got(text)["input_ids"] == want, text
         assert want[0] == 1 and 0 not in want  # BOS; byte fallback, never <unk>
         assert got.decode(want, skip_special_tokens=True) == text
+
+
+# -- more families: phi3, gemma, gemma2, gemma3 --------------------------------------------
+FAMILY_NAMES = {  # mlx-lm module -> GGUF tensor, as llama.cpp's converter names them
+    "self_attn.qkv_proj": "attn_qkv", "mlp.gate_up_proj": "ffn_up",
+    "pre_feedforward_layernorm": "ffn_norm", "post_feedforward_layernorm": "post_ffw_norm",
+    "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
+}
+
+
+def family_gguf(path, arch, model, config, hf):
+    """As convert_hf_to_gguf.py writes these families: their tensor names, Gemma's norms
+    stored + 1, the hyper-parameters llama.cpp reads."""
+    import re
+
+    gguf_arch = {"gemma3_text": "gemma3"}.get(arch, arch)
+    w = GGUFWriter(str(path), gguf_arch)
+    w.add_context_length(512)
+    w.add_embedding_length(config["hidden_size"])
+    w.add_block_count(config["num_hidden_layers"])
+    w.add_feed_forward_length(config["intermediate_size"])
+    w.add_head_count(config["num_attention_heads"])
+    w.add_head_count_kv(config["num_key_value_heads"])
+    w.add_layer_norm_rms_eps(config["rms_norm_eps"])
+    w.add_rope_freq_base(config["rope_theta"])
+    if "head_dim" in config:
+        w.add_key_length(config["head_dim"])
+        w.add_value_length(config["head_dim"])
+    if arch == "gemma2":
+        w.add_float32("gemma2.attn_logit_softcapping", config["attn_logit_softcapping"])
+        w.add_float32("gemma2.final_logit_softcapping", config["final_logit_softcapping"])
+    if arch == "gemma3_text":
+        w.add_uint32("gemma3.attention.sliding_window", config["sliding_window"])
+    write_tokenizer(w, hf, "gpt-2")
+    gemma = arch.startswith("gemma")
+    post_attention = "post_attention_norm" if arch in ("gemma2", "gemma3_text") else "ffn_norm"
+    for name, value in tree_flatten(model.parameters()):
+        x = np.array(value, dtype=np.float32)
+        if gemma and name.endswith("norm.weight"):
+            x = x + 1
+        if m := re.fullmatch(r"model\.layers\.(\d+)\.(.+)\.(weight|bias)", name):
+            module = {"post_attention_layernorm": post_attention}.get(m[2]) or \
+                FAMILY_NAMES.get(m[2])
+            if module is None:
+                from mlx_lm.gguf import translate_weight_names
+
+                gguf_name = translate_weight_names(name)
+            else:
+                gguf_name = f"blk.{m[1]}.{module}.{m[3]}"
+        else:
+            gguf_name = {"model.embed_tokens.weight": "token_embd.weight",
+                         "model.norm.weight": "output_norm.weight",
+                         "lm_head.weight": "output.weight"}[name]
+        w.add_tensor(gguf_name, x)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.mark.parametrize("arch, extra", [
+    ("phi3", {"tie_word_embeddings": False}),
+    ("gemma", {"head_dim": 16}),
+    ("gemma2", {"head_dim": 16, "query_pre_attn_scalar": 16, "attn_logit_softcapping": 50.0,
+                "final_logit_softcapping": 30.0}),
+    ("gemma3_text", {"head_dim": 16, "query_pre_attn_scalar": 16, "sliding_window": 8,
+                     "num_hidden_layers": 6,  # mlx-lm needs a whole sliding-window pattern
+                     "sliding_window_pattern": 6, "rope_local_base_freq": 10000.0}),
+])
+def test_phi3_and_gemma_families_give_the_original_logits(tmp_path, chatml, arch, extra):
+    model, config = tiny_model(arch, vocab_size=len(chatml), **extra)
+    if arch.startswith("gemma"):  # random norms, so that the stored + 1 matters
+        for layer in model.model.layers:
+            layer.input_layernorm.weight = mx.random.normal(layer.input_layernorm.weight.shape)
+    path = family_gguf(tmp_path / f"{arch}.gguf", arch, model, config, chatml)
+    loaded, _, got = load_gguf(path, dequantize=True)
+    assert got["model_type"] == arch
+    x = tokens(len(chatml))
+    np.testing.assert_allclose(np.array(loaded(x)), np.array(model(x)), atol=2e-4, rtol=1e-4)

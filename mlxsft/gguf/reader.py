@@ -209,14 +209,27 @@ def gguf_summary(path) -> dict:
 class Architecture:
     module: str  # mlx_lm.models.<module>
     # llama.cpp's converter reorders llama's q/k rows for its interleaved RoPE; models it
-    # runs with NeoX-style RoPE (qwen2, qwen3) are stored as Hugging Face has them.
+    # runs with NeoX-style RoPE (qwen2, qwen3, phi3, gemma) are stored as HF has them.
     permuted_qk: bool
+    # Gemma's converter stores every RMSNorm weight + 1 (llama.cpp multiplies by the
+    # weight; Gemma's norm multiplies by 1 + weight, as mlx-lm's does).
+    norm_shift: float = 0.0
+    names: tuple = ()  # GGUF block tensor -> mlx-lm module, where this family differs
 
 
+_GEMMA2_NAMES = (("ffn_norm", "pre_feedforward_layernorm"),
+                 ("post_attention_norm", "post_attention_layernorm"),
+                 ("post_ffw_norm", "post_feedforward_layernorm"))
 ARCHITECTURES = {
     "llama": Architecture("llama", True),  # Llama 1-3, SmolLM, Mistral 7B and their kin
+    "mistral": Architecture("llama", True),  # what some converters call a Mistral 7B
     "qwen2": Architecture("qwen2", False),
     "qwen3": Architecture("qwen3", False),
+    "phi3": Architecture("phi3", False, names=(("attn_qkv", "self_attn.qkv_proj"),
+                                               ("ffn_up", "mlp.gate_up_proj"))),
+    "gemma": Architecture("gemma", False, 1.0),
+    "gemma2": Architecture("gemma2", False, 1.0, _GEMMA2_NAMES),
+    "gemma3": Architecture("gemma3_text", False, 1.0, _GEMMA2_NAMES),
 }
 
 _TOP_LEVEL = {"token_embd": "model.embed_tokens", "output_norm": "model.norm",
@@ -230,11 +243,12 @@ _IN_BLOCK = {
 }
 
 
-def mlx_name(gguf_name: str) -> str | None:
+def mlx_name(gguf_name: str, arch: str | None = None) -> str | None:
     """The mlx-lm parameter name for a GGUF tensor (or an MLX `.scales`/`.biases` part)."""
     base, _, suffix = gguf_name.rpartition(".")
     if m := re.fullmatch(r"blk\.(\d+)\.(\w+)", base):
-        part = _IN_BLOCK.get(m[2])
+        family = dict(ARCHITECTURES[arch].names) if arch in ARCHITECTURES else {}
+        part = family.get(m[2], _IN_BLOCK.get(m[2]))
         return f"model.layers.{m[1]}.{part}.{suffix}" if part else None
     top = _TOP_LEVEL.get(base)
     return f"{top}.{suffix}" if top else None
@@ -253,7 +267,7 @@ def _problem(header: GGUFHeader) -> str | None:
             return (f"tensor {t.name} is {t.type_name}, which mlxsft cannot read (the gguf "
                     "package has no de-quantizer for it); re-export the GGUF as Q4_K_M, "
                     "Q8_0 or F16, or use the Hugging Face model")
-        if mlx_name(t.name) is None:
+        if mlx_name(t.name, arch) is None:
             why = (" (llama 3.1-style RoPE scaling)" if t.name.startswith("rope_freqs") else "")
             return (f"tensor {t.name}{why} has no place in mlx-lm's {arch} model; use the "
                     "Hugging Face model instead")
@@ -280,7 +294,7 @@ def _model_config(header: GGUFHeader) -> dict:
 
     hidden, heads = get("embedding_length"), get("attention.head_count")
     config = {
-        "model_type": arch,
+        "model_type": ARCHITECTURES[arch].module,
         "hidden_size": hidden,
         "num_hidden_layers": get("block_count"),
         "intermediate_size": get("feed_forward_length"),
@@ -294,8 +308,9 @@ def _model_config(header: GGUFHeader) -> dict:
         "tie_word_embeddings": "output.weight" not in shapes,
     }
     head_dim = md.get(f"{arch}.attention.key_length")
-    if head_dim or arch == "qwen3":
+    if head_dim or arch in ("qwen3", "gemma", "gemma2", "gemma3"):
         config["head_dim"] = head_dim or hidden // heads
+    config.update(_family_config(arch, md, config))
     if arch == "llama" and "blk.0.attn_q.bias" in shapes:
         config["attention_bias"] = True
     scaling = md.get(f"{arch}.rope.scaling.type", "none")
@@ -316,6 +331,29 @@ def _model_config(header: GGUFHeader) -> dict:
     return config
 
 
+def _family_config(arch: str, md: dict, config: dict) -> dict:
+    """The hyper-parameters one family's mlx-lm model needs beyond the common ones, as
+    llama.cpp sets them for that architecture (llama-model.cpp)."""
+    head_dim = config.get("head_dim")
+    if arch == "phi3":
+        rotary = md.get("phi3.rope.dimension_count")
+        hd = config["hidden_size"] // config["num_attention_heads"]
+        return {"partial_rotary_factor": rotary / hd} if rotary and rotary != hd else {}
+    if arch == "gemma2":
+        # llama.cpp scales queries by 1/sqrt(head_dim), except Gemma 2 27B (46 layers):
+        # 1/sqrt(hidden / heads), as its query_pre_attn_scalar says.
+        big = config["num_hidden_layers"] == 46
+        return {"attn_logit_softcapping": md.get("gemma2.attn_logit_softcapping", 50.0),
+                "final_logit_softcapping": md.get("gemma2.final_logit_softcapping", 30.0),
+                "query_pre_attn_scalar": (config["hidden_size"] // config["num_attention_heads"]
+                                          if big else head_dim)}
+    if arch == "gemma3":
+        return {"query_pre_attn_scalar": head_dim, "sliding_window_pattern": 6,
+                "sliding_window": md.get("gemma3.attention.sliding_window", 512),
+                "rope_local_base_freq": 10000.0}  # llama.cpp's fixed local RoPE base
+    return {}
+
+
 def _unpermute_rows(w, n_heads: int):
     """Undo llama.cpp's `permute` (convert_hf_to_gguf.py), which within each head moves
     row i of the first half and row i of the second half next to each other (rows 2i,
@@ -332,7 +370,8 @@ def _read_weights(header: GGUFHeader, config: dict, dequantize: bool,
 
     from mlxsft.gguf.tensors import open_data, raw_bytes, requant_bits, tensor_arrays
 
-    permuted = ARCHITECTURES[config["model_type"]].permuted_qk
+    arch = header.metadata["general.architecture"]
+    permuted, shift = ARCHITECTURES[arch].permuted_qk, ARCHITECTURES[arch].norm_shift
     heads = {"self_attn.q_proj": config["num_attention_heads"],
              "self_attn.k_proj": config["num_key_value_heads"]}
     try:
@@ -341,7 +380,7 @@ def _read_weights(header: GGUFHeader, config: dict, dequantize: bool,
         raise UserError(f"{header.path}: cannot read it ({e.strerror})") from None
     weights, requantized = {}, Counter()
     for tensor in header.tensors:
-        name = mlx_name(tensor.name)
+        name = mlx_name(tensor.name, arch)
         if name is None:  # _problem() has already refused unknown tensors
             raise UserError(f"{header.path}: unexpected tensor {tensor.name}")
         module = name.rsplit(".", 1)[0].split(".", 3)[-1]
@@ -352,6 +391,8 @@ def _read_weights(header: GGUFHeader, config: dict, dequantize: bool,
         elif dequantize and tensor.type_name not in FLOAT_TYPES:
             requantized[(tensor.type_name, None)] += 1
         prefix = name.rsplit(".", 1)[0]
+        if shift and tensor.name.endswith("norm.weight"):
+            parts["weight"] = parts["weight"].astype(mx.float32) - shift
         for part, value in parts.items():
             if permuted and module in heads:
                 value = _unpermute_rows(value, heads[module])
@@ -415,13 +456,13 @@ def load_gguf(path, *, dequantize: bool = False, notes: list[str] | None = None)
     weights = {k: v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) else v
                for k, v in weights.items()}
     for tensor in header.tensors:  # float16 ends at 65504; BF16 goes much further
-        value = weights.get(mlx_name(tensor.name))
+        value = weights.get(mlx_name(tensor.name, header.metadata["general.architecture"]))
         if tensor.type_name == "BF16" and value is not None and \
                 not mx.isfinite(value).all().item():
             raise UserError(f"{header.path}: BF16 tensor {tensor.name} has values beyond "
                             f"{dtype}'s range; re-export the GGUF as F32 or Q8_0")
 
-    module = importlib.import_module(f"mlx_lm.models.{ARCHITECTURES[config['model_type']].module}")
+    module = importlib.import_module(f"mlx_lm.models.{config['model_type']}")
     model = module.Model(module.ModelArgs.from_dict(config))
     if layers:  # the model's random init is lazy: quantizing it costs nothing
         nn.quantize(model, class_predicate=lambda p, _m: layers.get(p, False))
