@@ -144,3 +144,15 @@ def test_q4_k_m_model_loads_trains_and_fuses_back_to_the_same_types(tmp_path, ti
     assert result.quantization == "the source GGUF's types"
     assert result.verification.loss_fused < result.verification.loss_base + 0.05
     assert load_model(str(out)).config["quantization"]["bits"] == 4
+
+
+def test_quantize_option_names_bits_or_a_llama_cpp_scheme():
+    from mlxsft.errors import UserError
+    from mlxsft.gguf.schemes import parse_quantize
+
+    assert parse_quantize("8", "gguf") == 8 and parse_quantize(4, "mlx") == 4
+    assert parse_quantize("Q4_K_M", "gguf") == "q4_k_m" and parse_quantize("same", "gguf") == "same"
+    with pytest.raises(UserError, match="llama.cpp's schemes are for --format gguf"):
+        parse_quantize("q4_k_m", "mlx")
+    with pytest.raises(UserError, match="--quantize q9: use 4 or 8, or for GGUF one of q4_k_m"):
+        parse_quantize("q9", "gguf")
