@@ -50,6 +50,7 @@ _TOKENIZER_WRITERS = {
     "tokenizer.ggml.eom_token_id": "add_eom_token_id",
     "tokenizer.ggml.add_bos_token": "add_add_bos_token",
     "tokenizer.ggml.add_eos_token": "add_add_eos_token",
+    "tokenizer.ggml.add_space_prefix": "add_add_space_prefix",
     "tokenizer.chat_template": "add_chat_template",
 }
 
