@@ -15,6 +15,7 @@ def adapter(tiny_llama, tiny_data, tmp_path_factory):
                          iters=6, lora_layers=2)
 
 
+@pytest.mark.slow
 def test_adapter_gguf_applied_as_llama_cpp_does_gives_the_fused_weights(tiny_llama, adapter,
                                                                           tmp_path, capsys):
     from gguf import GGUFReader

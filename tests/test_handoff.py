@@ -73,6 +73,7 @@ def adapter(tiny_llama, tiny_data, tmp_path_factory):
                          iters=4)
 
 
+@pytest.mark.slow
 def test_fuse_format_ollama_writes_gguf_and_modelfile(adapter, tmp_path, capsys):
     from gguf import GGUFReader
 
@@ -90,6 +91,7 @@ def test_fuse_format_ollama_writes_gguf_and_modelfile(adapter, tmp_path, capsys)
     assert f"ollama create tuned -f {out / 'Modelfile'}" in printed
 
 
+@pytest.mark.slow
 def test_fuse_format_lmstudio_places_the_gguf(adapter, tmp_path):
     from mlxsft.export.fuse import fuse
 

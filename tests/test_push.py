@@ -47,6 +47,7 @@ def run(tiny_llama, tiny_data, tmp_path_factory):
                          iters=4, steps_per_eval=2)
 
 
+@pytest.mark.slow
 def test_an_adapter_is_staged_in_mlx_lm_and_peft_layouts_with_a_card(run, token):
     from mlxsft.export.push import push
 
@@ -87,7 +88,7 @@ def test_a_gguf_file_is_staged_with_a_card(tmp_path, token):
     ("offline", "push: HF_HUB_OFFLINE is set"),
     ("unreachable", r"push: cannot reach the Hugging Face hub with this token \(Connection"),
 ])
-def test_without_the_hub_it_is_one_line_before_anything_is_staged(run, tmp_path, monkeypatch,
+def test_without_the_hub_it_is_one_line_before_anything_is_staged(tmp_path, monkeypatch,
                                                                    capsys, setup, message):
     import huggingface_hub
 
@@ -104,6 +105,10 @@ def test_without_the_hub_it_is_one_line_before_anything_is_staged(run, tmp_path,
     monkeypatch.setattr(huggingface_hub, "HfApi", lambda: api)
     staged = []
     monkeypatch.setattr(push_module, "stage", lambda *a: staged.append(a))
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("adapters.safetensors", "adapter_config.json"):
+        (run / name).write_text("{}")
     assert main(["push", str(run), "--repo", "me/tuned"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("mlxsft: error: ")
