@@ -119,6 +119,10 @@ def main() -> int:
     text_file = work / "held-out.txt"
     text_file.write_text(text)
 
+    # mlxsft's figures first: they need no llama.cpp.
+    ours = {label: mlxsft_perplexity(str(path), text, args.ctx) for label, path in outputs.items()}
+    ours["adapter"] = mlxsft_perplexity(str(base_gguf), text, args.ctx, str(run_dir))
+    print("mlxsft perplexities:", {k: round(v, 4) for k, v in ours.items()}, flush=True)
     tools = Path(args.llamacpp) / "build" / "bin"
     if not (tools / "llama-perplexity").exists():
         if args.no_build:
@@ -127,12 +131,10 @@ def main() -> int:
         run(["bash", HERE / "build_llamacpp.sh", args.llamacpp])
     rows = []
     for label, path in outputs.items():
-        ours = mlxsft_perplexity(str(path), text, args.ctx)
         theirs = llamacpp_perplexity(tools, path, text_file, args.ctx)
-        rows.append((f"fused {label} ({path.name})", ours, theirs))
-    ours = mlxsft_perplexity(str(base_gguf), text, args.ctx, str(run_dir))
+        rows.append((f"fused {label} ({path.name})", ours[label], theirs))
     theirs = llamacpp_perplexity(tools, base_gguf, text_file, args.ctx, lora)
-    rows.append((f"base {base_gguf.name} + adapter GGUF", ours, theirs))
+    rows.append((f"base {base_gguf.name} + adapter GGUF", ours["adapter"], theirs))
 
     ok = True
     print(f"\nperplexity on {len(text)} characters of held-out text, chunks of {args.ctx}")
