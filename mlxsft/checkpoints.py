@@ -110,6 +110,16 @@ def load_safetensors(path: str | Path, what: str) -> dict:
                         "use another checkpoint or copy it again") from None
 
 
+def safetensors_metadata(path: str | Path) -> dict[str, str]:
+    """The string metadata of a .safetensors file ({} when it has none)."""
+    import mlx.core as mx
+
+    try:
+        return mx.load(str(path), return_metadata=True)[1] or {}
+    except (RuntimeError, ValueError, OSError):
+        return {}  # load_safetensors reports a damaged file with its own message
+
+
 class MetricsLog:
     """Appends one JSON object per event to RUN/metrics.jsonl (line-buffered)."""
 

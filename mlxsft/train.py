@@ -31,6 +31,7 @@ from mlxsft.checkpoints import (
 from mlxsft.config import TrainConfig
 from mlxsft.errors import UserError
 from mlxsft.prepare import prepare_data, read_data
+from mlxsft.trackers import check_trackers, open_trackers
 
 
 OPTIMIZER_STATE = "optimizer.safetensors"
@@ -99,6 +100,8 @@ class Trainer:
         # is reported in a second, not after loading a multi-gigabyte model.
         self._check_run_dir()
         splits = read_data(config)
+        self.probes = self._probes(splits)
+        check_trackers(config.report_to)
         mx.random.seed(config.seed)
         if self.loaded is None:
             self.loaded = load_model(config.model, quantize=config.quantize,
@@ -106,6 +109,16 @@ class Trainer:
         self.data = prepare_data(config, self.loaded.tokenizer, splits)
         self.prepare_model()
         return self.loaded.notes + self.data.messages
+
+    def _probes(self, splits) -> list:
+        from mlxsft.probes import probes_from_records, read_probes
+
+        if not self.config.samples:
+            return []
+        if self.config.sample_prompts:
+            return read_probes(self.config.sample_prompts, self.config.samples)
+        valid = splits.get("valid")
+        return probes_from_records(valid.records, self.config.samples) if valid else []
 
     def _check_run_dir(self) -> None:
         run_dir = self.run_dir
@@ -139,7 +152,7 @@ class Trainer:
 
     def prepare_model(self) -> None:
         """Compute precision, LoRA (or unfreeze for full), gradient checkpointing."""
-        from mlxsft.lora import apply_lora, count_parameters, lora_spec
+        from mlxsft.lora import apply_lora, apply_neftune, count_parameters, lora_spec
         from mlxsft.models import to_compute_precision
 
         config = self.config
@@ -153,8 +166,10 @@ class Trainer:
             self.lora = None
         else:
             self.lora = lora_spec(model, config.lora_rank, config.lora_alpha, config.lora_dropout,
-                                  config.lora_layers, config.lora_targets)
+                                  config.lora_layers, config.lora_targets, config.lora_scale,
+                                  dora=config.fine_tune == "dora")
             apply_lora(model, self.lora)
+        apply_neftune(model, config.neftune_alpha)
         if config.grad_checkpoint:
             for layer in model.layers:
                 _checkpointed(layer)
@@ -184,8 +199,11 @@ class Trainer:
         save_adapter(directory, weights, self.adapter_config(step, val_loss))
         # The optimizer's moments make a resumed run continue exactly where this one was.
         if with_optimizer:
+            from mlxsft.optimizers import optimizer_record
+
             atomic_save_safetensors(directory / OPTIMIZER_STATE,
-                                    dict(tree_flatten(self.optimizer.state)))
+                                    dict(tree_flatten(self.optimizer.state)),
+                                    optimizer_record(self.config))
 
     def restore(self, directory: Path) -> int:
         """Load adapter weights and optimizer state saved by `save`; return their step."""
@@ -207,8 +225,13 @@ class Trainer:
             raise UserError(f"--resume {directory}: the saved adapter does not fit this model "
                             f"({' '.join(str(e).split())[:200]})") from None
         if (directory / OPTIMIZER_STATE).exists():
-            # In place: the compiled step holds this very dict as its state.
-            self.optimizer.state.update(tree_unflatten(list(load_safetensors(
+            from mlxsft.checkpoints import safetensors_metadata
+            from mlxsft.optimizers import check_resumable, load_state
+
+            check_resumable(safetensors_metadata(directory / OPTIMIZER_STATE), self.config,
+                            str(directory))
+            # In place: the compiled step holds the optimizer's own state dicts.
+            load_state(self.optimizer, tree_unflatten(list(load_safetensors(
                 directory / OPTIMIZER_STATE, f"--resume {directory}").items())))
         return int(saved.get("step", 0))
 
@@ -220,11 +243,11 @@ class Trainer:
         from mlx.utils import tree_map
 
         from mlxsft.loss import masked_nll_sum
+        from mlxsft.optimizers import build_optimizer
 
         model, config = self.loaded.model, self.config
         self.schedule = learning_rate_schedule(config, total_steps)
-        self.optimizer = optim.AdamW(learning_rate=self.schedule,
-                                     weight_decay=config.weight_decay)
+        self.optimizer = build_optimizer(config, self.schedule)
         state = [model.state, self.optimizer.state, mx.random.state]
         loss_and_grad = nn.value_and_grad(model, masked_nll_sum)
 
@@ -286,6 +309,23 @@ class Trainer:
         finally:
             model.train()
 
+    def sample_answers(self) -> list[dict]:
+        """Greedy answers to the held-out probes, in eval mode (no dropout, no NEFTune)."""
+        from mlxsft.probes import answer
+
+        model = self.loaded.model
+        model.eval()
+        try:
+            out = []
+            for probe in self.probes:
+                a = answer(self.loaded, probe, self.config.sample_max_tokens)
+                out.append({"prompt": probe.prompt, "answer": a.text,
+                            "reference": probe.reference, "where": probe.where,
+                            **a.scores(probe.reference)})
+            return out
+        finally:
+            model.train()
+
     def _pad_id(self) -> int:
         tok = self.loaded.tokenizer
         return tok.pad_token_id if getattr(tok, "pad_token_id", None) is not None else 0
@@ -316,9 +356,12 @@ class Trainer:
                 self.run_dir.rmdir()
             raise
         log = MetricsLog(self.run_dir / "metrics.jsonl")
+        trackers = open_trackers(config.report_to, self.run_dir, config.resolved())
 
         def emit(event):
             log.write(event.to_json())
+            for tracker in trackers:
+                tracker(event)
             return event
 
         try:
@@ -327,6 +370,8 @@ class Trainer:
             yield from self._loop(emit, start, total_steps, per_epoch, iterate_batches, start_step)
         finally:
             log.close()
+            for tracker in trackers:
+                tracker.close()
 
     def _loop(self, emit, start, total_steps, per_epoch, iterate_batches, start_step=0):
         import mlx.core as mx
@@ -341,6 +386,8 @@ class Trainer:
         window_loss = window_sup = 0.0
         window_start, window_tokens, window_supervised = time.perf_counter(), 0, 0
         best = last_val = last_train = None
+        best_step, stale, stop_reason = 0, 0, ""
+        eval_every = eval_interval(config, per_epoch)
         step = start_step
         stopped = False
         try:
@@ -373,28 +420,52 @@ class Trainer:
                         mx.get_peak_memory() / 1e9))
                     window_loss = window_sup = 0.0
                     window_start, window_tokens, window_supervised = now, 0, 0
-                eval_due = config.steps_per_eval and step % config.steps_per_eval == 0
+                eval_due = eval_every and step % eval_every == 0
                 if self.data.valid and (eval_due or step == total_steps):
                     last_val, n_val = self.evaluate()
                     yield emit(ev.EvalReport(step, last_val, n_val, time.perf_counter() - start))
+                    if self.probes:
+                        yield emit(ev.SampleAnswers(step, self.sample_answers()))
                     if best is None or last_val < best:
-                        best = last_val
+                        best, best_step, stale = last_val, step, 0
                         self.save(self.run_dir / "best", step, last_val, with_optimizer=False)
                         yield emit(ev.CheckpointSaved(step, str(self.run_dir / "best"), best=True))
+                    else:
+                        stale += 1
+                    if config.patience and stale >= config.patience and step < total_steps:
+                        stop_reason = (f"early stopping: {stale} evaluations without a lower "
+                                       f"validation loss; the best adapter is "
+                                       f"{self.run_dir / 'best'} (step {best_step}, validation "
+                                       f"loss {best:.4f})")
+                        break
                 if config.steps_per_save and step % config.steps_per_save == 0 and step < total_steps:
                     path = self.run_dir / "checkpoints" / f"step-{step:06d}"
                     self.save(path, step, last_val)
                     yield emit(ev.CheckpointSaved(step, str(path)))
         except KeyboardInterrupt:
             stopped = True
+        if stopped:
+            stop_reason = "interrupted"
         self.save(self.run_dir, step, last_val)
         yield emit(ev.CheckpointSaved(step, str(self.run_dir)))
         yield emit(ev.Finished(step, str(self.run_dir), last_train, last_val, best,
-                               time.perf_counter() - start, stopped))
+                               time.perf_counter() - start, stopped or bool(stop_reason),
+                               stop_reason))
 
     def _last_checkpoint(self) -> str | None:
         found = sorted((self.run_dir / "checkpoints").glob("step-*"))
         return str(found[-1]) if found else None
+
+
+def eval_interval(config: TrainConfig, per_epoch: float) -> int:
+    """Steps between evaluations: --eval-every (steps, or a fraction of an epoch) when
+    given, else --steps-per-eval; 0 means only at the end."""
+    every = config.eval_every
+    if every is None:
+        return config.steps_per_eval
+    if every >= 1:
+        return int(every)
+    return max(1, round(every * per_epoch))
 
 
 def _dequantized(model) -> bool:
