@@ -212,6 +212,19 @@ def cmd_bench(args) -> int:
 
 
 # -- env -------------------------------------------------------------------------------
+def cmd_compare(args) -> int:
+    import json
+
+    from mlxsft.compare import compare, render, to_json
+    from mlxsft.rundir import check_run_dir
+
+    run_dir = check_run_dir(args.run)
+    table = compare(run_dir, args.prompts, args.include, args.limit, args.max_tokens,
+                    progress=None if args.json else lambda m: print(m, file=sys.stderr))
+    print(json.dumps(to_json(table), indent=2) if args.json else render(table))
+    return 0
+
+
 def cmd_env(args) -> int:
     from mlxsft import doctor
 
@@ -374,6 +387,25 @@ def build_parser() -> argparse.ArgumentParser:
                    "synthetic tokens")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("compare", help="answer held-out prompts with the base, every checkpoint "
+                       "and exports, and score them",
+                       description="Which checkpoint behaves best, and did tuning break "
+                       "anything? Answers a probe set (greedy) with the base, every adapter "
+                       "the run saved and each --include model, and prints each answer and, "
+                       "per model, the loss of the reference answers, exact matches, answers "
+                       "that ended with the end-of-turn token, mean length and JSON parses.")
+    p.add_argument("run", metavar="RUN", help="a run directory (the --out of mlxsft train)")
+    p.add_argument("--prompts", default=None, metavar="FILE", help="a .jsonl of prompts with "
+                   "reference answers (default: the run's validation data)")
+    p.add_argument("--include", nargs="+", default=[], metavar="PATH", help="also a fused "
+                   "model directory or .gguf file")
+    p.add_argument("--limit", type=_int_at_least(1), default=8, help="prompts to answer "
+                   "(default: 8)")
+    p.add_argument("--max-tokens", type=_int_at_least(1), default=64,
+                   help="longest answer, in tokens (default: 64)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("env", help="this machine: MLX, BLAS, threads, the default model",
                        description="Report versions, MLX's device, whether the optimized BLAS "
