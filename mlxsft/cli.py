@@ -130,6 +130,7 @@ def cmd_train(args) -> int:
               "(Ctrl-C again to quit now)", file=sys.stderr)
 
     previous = signal.signal(signal.SIGINT, on_sigint)
+    keep_awake()
     printer = ProgressPrinter()
     status = 0
     try:
@@ -143,6 +144,22 @@ def cmd_train(args) -> int:
     # Stopped by Ctrl-C: the adapter is saved, but a script's `train && fuse` should not
     # go on as if the run had finished.
     return status or (130 if stop["requested"] else 0)
+
+
+def keep_awake():
+    """On macOS, keep the machine from idle sleep while this process trains (`caffeinate
+    -i -w PID` ends by itself when the process does); elsewhere nothing. Returns the
+    caffeinate process, or None."""
+    import shutil
+    import subprocess
+
+    if sys.platform != "darwin" or not (caffeinate := shutil.which("caffeinate")):
+        return None
+    try:
+        return subprocess.Popen([caffeinate, "-i", "-w", str(os.getpid())],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except OSError:
+        return None  # sleeping is a nuisance, not a reason to refuse to train
 
 
 # -- eval ------------------------------------------------------------------------------

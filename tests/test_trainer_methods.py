@@ -216,3 +216,22 @@ def test_metrics_record_the_samples_event(tiny_llama, tiny_data, tmp_path):
     assert 1 <= first["tokens"] <= 4 and isinstance(first["exact"], bool)
     recorded = [m for m in read_metrics(tmp_path / "r") if m["event"] == "samples"]
     assert recorded[0]["samples"][0]["answer"] == first["answer"]
+
+
+def test_training_keeps_a_mac_awake_and_does_nothing_elsewhere(monkeypatch):
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from mlxsft import cli
+
+    started = []
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(subprocess, "Popen", lambda cmd, **kw: started.append(cmd) or "proc")
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert cli.keep_awake() is None and started == []
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert cli.keep_awake() == "proc"
+    # -i: no idle sleep; -w PID: caffeinate exits with the training process.
+    assert started == [["/usr/bin/caffeinate", "-i", "-w", str(os.getpid())]]
