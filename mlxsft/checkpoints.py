@@ -75,8 +75,9 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def read_adapter_config(directory: str | Path) -> dict[str, Any]:
-    """adapter_config.json of an adapter directory, its fields checked (one-line errors)."""
+def read_adapter_config(directory: str | Path, check_weights: bool = True) -> dict[str, Any]:
+    """adapter_config.json of an adapter directory, its fields checked, and (with
+    `check_weights`) the weights checked to come from the same save; one-line errors."""
     directory = Path(directory)
     config_path = directory / ADAPTER_CONFIG
     if not directory.exists():
@@ -96,7 +97,7 @@ def read_adapter_config(directory: str | Path) -> dict[str, Any]:
                         f"{type(config).__name__}; the adapter is damaged, use another "
                         "checkpoint or train again")
     _check_fields(config, config_path)
-    if config.get("save_id") is not None:
+    if check_weights and config.get("save_id") is not None:
         mismatch = save_mismatch(directory / ADAPTER_WEIGHTS, config)
         if mismatch:
             raise UserError(f"--adapter {directory}: {mismatch}; use another checkpoint "

@@ -352,17 +352,17 @@ def problem(unit: Path, need_optimizer: bool = True) -> str | None:
         if not (unit / name).is_file():
             return f"{name} is missing"
     try:
-        config = read_adapter_config(unit)  # also checks the weights against the config
+        config = read_adapter_config(unit, check_weights=False)
     except UserError as e:
-        return str(e).split(": ", 1)[-1]
-    if not need_optimizer:
-        return None
-    if config.get("save_id") is not None:
-        return save_mismatch(unit / OPTIMIZER_STATE, config)
-    # Saved by an older mlxsft (no save id): at least refuse a truncated file.
+        message = str(e)
+        return message.split(": ", 1)[1] if message.startswith("--adapter ") else message
     for name in files:
-        if safetensors_metadata(unit / name) is None:
-            return f"{name} is truncated or corrupt"
+        if config.get("save_id") is not None:
+            mismatch = save_mismatch(unit / name, config)
+        else:  # saved by an older mlxsft (no save id): at least refuse a truncated file
+            mismatch = None if safetensors_metadata(unit / name) else f"{name} is truncated or corrupt"
+        if mismatch:
+            return mismatch
     return None
 
 
@@ -381,32 +381,38 @@ def config_file(run_dir: str | Path) -> Path:
     return Path(run_dir) / CONFIG
 
 
+def _step_of(directory: Path) -> int:
+    if directory.name.startswith("step-") and directory.name[5:].isdigit():
+        return int(directory.name[5:])
+    listed = _listed("final", directory)
+    return listed.step if listed else 0
+
+
 def resume_point(given: str | Path) -> SavedAdapter:
     """The checkpoint to resume from: the one given, else the run's newest. A damaged
-    one is a one-line error naming an intact older checkpoint to pass instead."""
+    one is a one-line error naming an intact older checkpoint to pass instead (never a
+    quiet fall-back: the user should know the run goes back)."""
     run_dir, given = run_of(given), Path(given).expanduser()
-    candidates = [_listed(f"{CHECKPOINTS}/{d.name}", d) for d in _step_dirs(run_dir)]
+    units = _step_dirs(run_dir)
     if (run_dir / OPTIMIZER_STATE).is_file():  # a run saved by an older mlxsft
-        candidates.append(_listed("final", run_dir))
-    units = sorted((a for a in candidates if a is not None and a.resumable),
-                   key=lambda a: a.step)
+        units.append(run_dir)
+    units.sort(key=_step_of)
     if given != run_dir:
-        chosen = _listed(f"{CHECKPOINTS}/{given.name}", given)
-        if chosen is None:
-            chosen = SavedAdapter(f"{CHECKPOINTS}/{given.name}", given, 0, None)
+        chosen = given
     elif units:
         chosen = units[-1]
     else:
         raise UserError(f"--resume {run_dir}: no saved adapter with optimizer state to "
                         f"continue from (expected {CHECKPOINTS}/step-N with "
                         f"{OPTIMIZER_STATE}); start a new run")
-    why = problem(chosen.path)
+    why = problem(chosen)
     if why is None:
-        return chosen
-    older = [a for a in units if a.step < chosen.step and problem(a.path) is None]
-    hint = (f"pass an older checkpoint: --resume {older[-1].path}" if older
+        key = "final" if chosen == run_dir else f"{CHECKPOINTS}/{chosen.name}"
+        return _listed(key, chosen)
+    older = [u for u in units if _step_of(u) < _step_of(chosen) and problem(u) is None]
+    hint = (f"pass an older checkpoint: --resume {older[-1]}" if older
             else "no older checkpoint is intact; start a new run")
-    raise UserError(f"--resume {chosen.path}: {why}; {hint}")
+    raise UserError(f"--resume {chosen}: {why}; {hint}")
 
 
 def read_checkpoint(unit: Path) -> tuple[dict, dict, dict]:
