@@ -218,3 +218,13 @@ def load_safetensors(path: str | Path, what: str) -> dict:
         detail = " ".join(str(e).split())
         raise UserError(f"{what}: {path} is unreadable ({detail}); it is truncated or corrupt, "
                         "use another checkpoint or copy it again") from None
+
+
+def __getattr__(name: str):
+    # The metrics log moved to mlxsft.rundir (the run directory's owner); old imports
+    # keep working without a second copy.
+    if name in ("MetricsLog", "read_metrics"):
+        from mlxsft import rundir
+
+        return getattr(rundir, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -26,6 +26,7 @@ import os
 import shutil
 import tempfile
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -117,10 +118,25 @@ class RunDir:
     def write_config(self, resolved: dict) -> None:
         import yaml
 
-        atomic_write_text(self.path / CONFIG, yaml.safe_dump(resolved, sort_keys=False))
+        with self._refused_write(CONFIG):
+            atomic_write_text(self.path / CONFIG, yaml.safe_dump(resolved, sort_keys=False))
 
     def open_metrics(self) -> "MetricsLog":
-        return MetricsLog(self.path / METRICS)
+        with self._refused_write(METRICS):
+            return MetricsLog(self.path / METRICS)
+
+    @contextmanager
+    def _refused_write(self, name: str):
+        """A write the file system refuses before training starts: one line, not a
+        traceback (nothing has been trained yet, so nothing is lost)."""
+        try:
+            yield
+        except Exception as e:
+            reason = write_failure(e, self.path)
+            if reason is None:
+                raise
+            raise UserError(f"cannot write {self.path / name} ({reason}); free some space or "
+                            "choose another run directory") from None
 
     def checkpoint_dir(self, step: int) -> Path:
         return self.path / CHECKPOINTS / f"step-{step:06d}"

@@ -25,7 +25,7 @@ from mlxsft.config import TrainConfig
 from mlxsft.errors import UserError
 from mlxsft.prepare import prepare_data, read_data
 from mlxsft.rundir import (RunDir, changed_data, newest, read_checkpoint, resume_point,
-                           save_failure, saved_adapters, unit_bytes)
+                           run_of, save_failure, saved_adapters, unit_bytes)
 
 
 def learning_rate_schedule(config: TrainConfig, total_steps: int):
@@ -76,7 +76,9 @@ class Trainer:
         self.resume_from = Path(resume_from) if resume_from else None
         self.allow_data_change = allow_data_change
         self.rundir: RunDir | None = None
-        self.run_dir = Path(config.out) if config.out else None  # set when claimed
+        # Set when claimed; a resumed run writes into the run its checkpoint belongs to.
+        self.run_dir = (run_of(resume_from) if resume_from else
+                        Path(config.out) if config.out else None)
 
     # -- setup -----------------------------------------------------------------------
     def _setup(self) -> Iterator[ev.Setup]:

@@ -216,3 +216,13 @@ def test_a_full_disk_while_saving_leaves_no_partial_unit(run, monkeypatch):
                              "; a checkpoint needs about 3.0 MiB")
     assert os.listdir(run.path / "checkpoints") == ["step-000002"]
     assert rundir.save_failure(ValueError("a bug"), run.path, 1) is None  # not the disk: raised
+
+
+def test_a_full_disk_before_training_is_one_line(run, monkeypatch):
+    def full(path, text):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(rundir, "atomic_write_text", full)
+    with pytest.raises(UserError, match=r"cannot write .*config.yaml \(No space left on device\); "
+                       "free some space or choose another run directory"):
+        run.write_config({"iters": 1})

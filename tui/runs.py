@@ -13,7 +13,11 @@ from pathlib import Path
 
 from mlxsft import events as ev
 from mlxsft.rundir import (SavedAdapter, check_run_dir, latest_adapter, newest,  # noqa: F401
-                           pick_adapter, read_metrics, run_settings, saved_adapters)  # noqa: F401
+                           pick_adapter, read_metrics, run_settings, saved_adapters)
+
+__all__ = ["SavedAdapter", "check_run_dir", "latest_adapter", "newest", "pick_adapter",
+           "run_settings", "saved_adapters", "EVENT_TYPES", "END_EVENTS", "event_from_json",
+           "read_events", "describe"]
 
 EVENT_TYPES: dict[str, type[ev.Event]] = {
     "setup": ev.Setup, "start": ev.RunStarted, "train": ev.StepReport, "eval": ev.EvalReport,
