@@ -52,14 +52,16 @@ def _unique_default(root: Path) -> Path:
     """runs/<date>-<time>, made here with an exclusive mkdir so two runs started in the
     same second get two directories (the second gets a -2 suffix)."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    root.mkdir(parents=True, exist_ok=True)
     for n in range(1, 1000):
         path = root / (stamp if n == 1 else f"{stamp}-{n}")
         try:
-            path.mkdir()
+            path.mkdir(parents=True)
             return path
         except FileExistsError:
             continue
+        except OSError as e:
+            raise UserError(f"{path}: cannot create the run directory ({e.strerror}); pass "
+                            "--out with a directory you can write to") from None
     raise UserError(f"{root}: cannot find a free run directory name; pass --out")
 
 

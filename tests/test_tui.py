@@ -154,7 +154,9 @@ def test_live_run_plots_steps_stops_with_an_adapter_and_compares(tiny_llama, tin
     assert {StepProgress, TrainEvent, TrainDone, ChatUpdate} <= kinds
     progress = [m for m in seen if isinstance(m, StepProgress)]
     # Every message carries all reports so far: coalescing one away loses no point.
-    assert all(len(m.reports) == i + 1 for i, m in enumerate(progress))
+    # (Steps 1 and 2 arrive within milliseconds, so the app may well coalesce them.)
+    assert all(b.reports[:len(a.reports)] == a.reports and len(b.reports) > len(a.reports)
+               for a, b in zip(progress, progress[1:]))
 
 
 def test_prompts_wait_while_training_then_both_columns_answer(tmp_path):
