@@ -276,7 +276,7 @@ def _save_unit(final: Path, step: int, weights: dict, adapter_config: dict,
 
 def unit_bytes(*states: dict | None) -> int:
     """About how many bytes a checkpoint of these arrays takes on disk."""
-    return sum(v.nbytes for s in states if s for v in s.values()) + (1 << 16)
+    return sum(v.nbytes for s in states if s for v in s.values()) + (16 << 10)
 
 
 def save_failure(e: BaseException, where: Path, needed: int) -> str | None:

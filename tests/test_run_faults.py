@@ -65,6 +65,37 @@ def test_a_full_disk_is_a_failed_event_and_the_last_checkpoint_stays_resumable(
     assert resume_point(out).step == 6
 
 
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 300 KiB tmpfs (room for config, metrics and two tiny checkpoints); skipped
+    where mounting is not permitted."""
+    where = tmp_path / "small"
+    where.mkdir()
+    try:
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(where)],
+                                 capture_output=True).returncode == 0
+    except OSError:
+        mounted = False
+    if not mounted:
+        pytest.skip("cannot mount a tmpfs here (needs root or a user namespace)")
+    yield where
+    subprocess.run(["umount", str(where)], check=True)
+
+
+def test_a_really_full_disk(tiny_llama, tiny_data, small_tmpfs, capsys):
+    # MLX reports a full disk in its own words (not an OSError): the disk itself is checked.
+    out = small_tmpfs / "run"
+    code = main(["train", str(tiny_data), "--model", str(tiny_llama), "--out", str(out),
+                 "--iters", "20", "--steps-per-save", "1", *COMMON])
+    assert code == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert " (no space left on the device); a checkpoint needs about " in line
+    last = resume_point(out)
+    assert line.endswith(f"continues from {last.path}") and problem(last.path) is None
+    assert read_metrics(out)[-1]["event"] == "failed"
+    assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".")]
+
+
 def test_a_bug_while_saving_is_not_reported_as_a_full_disk(tiny_llama, tiny_data, tmp_path,
                                                            monkeypatch):
     def broken(path, arrays, metadata):
