@@ -74,30 +74,99 @@ def _mask_flags(parser):
 
 # -- data check ------------------------------------------------------------------------
 def cmd_data_check(args) -> int:
-    from mlxsft.data import load_splits
+    from mlxsft.data import DataOptions, load_splits, read_records
     from mlxsft.datacheck import check_split, record_json, render_record, render_summary
-    from mlxsft.masking import Masker
     from mlxsft.models import load_tokenizer
+    from mlxsft.prepare import build_masker
 
-    splits = load_splits(args.data, args.skip_invalid)
+    options = DataOptions.of(args)
+    splits = load_splits(args.data, args.skip_invalid, options)
+    held_out = (read_records(args.against, True, options.keys) if args.against
+                else None)
     tokenizer = load_tokenizer(args.model, args.trust_remote_code)
-    masker = Masker(tokenizer, args.mask, args.max_seq_len)
+    masker = build_masker(tokenizer, args)
     if not args.json:
         for warning in masker.warnings:
             print(f"mlxsft: warning: {warning}", file=sys.stderr)
     color = sys.stdout.isatty() if args.color is None else args.color
-    reports = [check_split(name, data, masker) for name, data in splits.items()]
+    reports = [check_split(name, data, masker, held_out if name == "train" else None)
+               for name, data in splits.items()]
     if args.json:
         for report in reports:
             for item in report.items:
                 print(json.dumps(record_json(item)))
         print(json.dumps({"summary": [r.summary() for r in reports],
                           "warnings": masker.warnings}))
-        return 0
+    else:
+        for report in reports:
+            print(render_summary(report))
+            for item in report.items[:args.show]:
+                print(render_record(item, tokenizer, color))
+    return _train_would_fail(reports, args.skip_invalid)
+
+
+def _train_would_fail(reports, skip_invalid: bool) -> int:
+    """1 (with the reason) where `train` on this data would stop, so the two agree."""
     for report in reports:
-        print(render_summary(report))
-        for item in report.items[:args.show]:
-            print(render_record(item, tokenizer, color))
+        if report.failed_masking and not skip_invalid:
+            print(f"mlxsft: error: train would stop at {report.failed_masking[0]} "
+                  f"({len(report.failed_masking)} such records; fix them or pass "
+                  "--skip-invalid)", file=sys.stderr)
+            return 1
+        if report.split == "train" and not report.supervised_tokens:
+            print(f"mlxsft: error: train would stop: {report.path} has no supervised tokens "
+                  "to train on; check --mask and --max-seq-len", file=sys.stderr)
+            return 1
+    return 0
+
+
+def _read_one(spec: str, args):
+    """The training split of a data file, directory or hub dataset, for curation."""
+    from mlxsft.data import DataOptions, load_splits
+
+    return load_splits(spec, args.skip_invalid, DataOptions.of(args))["train"]
+
+
+def cmd_data_dedupe(args) -> int:
+    from mlxsft.curation import dedupe, raw_rows, write_jsonl
+
+    data = _read_one(args.data, args)
+    result = dedupe(data.records, args.threshold, near=not args.exact_only)
+    write_jsonl(args.out, raw_rows(result.kept))
+    print(result.render(data.path, args.out))
+    return 0
+
+
+def cmd_data_split(args) -> int:
+    from mlxsft.curation import raw_rows, split, write_jsonl
+
+    data = _read_one(args.data, args)
+    parts = split(data.records, args.valid, args.test, args.salt)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file; give a directory for train/valid/test.jsonl")
+    out.mkdir(parents=True, exist_ok=True)
+    for name, records in parts.items():
+        if records or name != "test":
+            write_jsonl(out / f"{name}.jsonl", raw_rows(records))
+    counts = ", ".join(f"{name} {len(r)}" for name, r in parts.items())
+    print(f"{data.path}: {len(data.records)} records -> {out}/ ({counts}); a record's split "
+          "depends only on its content, so adding records does not move old ones")
+    return 0
+
+
+def cmd_data_mix(args) -> int:
+    from mlxsft.curation import mix, parse_source, write_jsonl
+
+    sources = []
+    for spec in args.sources:
+        path, amount = parse_source(spec)
+        sources.append((path, _read_one(path, args).records, amount))
+    rows, counts = mix(sources, args.seed, args.tag_key)
+    write_jsonl(args.out, rows)
+    shown = ", ".join(f"{name} {n}" for name, n in counts.items())
+    print(f"mixed {len(rows)} records -> {args.out} ({shown}); each tagged with "
+          f"'{args.tag_key}'")
     return 0
 
 
@@ -240,8 +309,59 @@ def cmd_tui(args) -> int:
     return 0
 
 
+def _curation_parsers(data_sub) -> None:
+    from mlxsft.config import DATA_FIELDS, add_arguments
+
+    reading = [f for f in DATA_FIELDS if f not in ("chat_template", "template_kwarg", "thinking")]
+
+    def common(c):
+        add_arguments(c, only=reading)
+        c.add_argument("--skip-invalid", action="store_true",
+                       help="skip invalid records (and count them) instead of stopping")
+
+    c = data_sub.add_parser("dedupe", help="drop exact and near-duplicate records",
+                            description="Write DATA without exact copies and near-duplicates "
+                            "(MinHash over word 3-grams, then exact Jaccard >= --threshold); "
+                            "the first record of each cluster is kept and the clusters are "
+                            "reported. The input is never modified.")
+    c.add_argument("data", help="a .jsonl/.json/.parquet file or a hub dataset id")
+    c.add_argument("--out", required=True, help="the .jsonl file to write")
+    c.add_argument("--threshold", type=float, default=0.8,
+                   help="Jaccard similarity at which records are near-duplicates (default: 0.8)")
+    c.add_argument("--exact-only", action="store_true", help="only drop exact copies")
+    common(c)
+    c.set_defaults(func=cmd_data_dedupe)
+
+    c = data_sub.add_parser("split", help="deterministic train/valid/test split",
+                            description="Split DATA into OUT/train.jsonl, valid.jsonl and "
+                            "test.jsonl by a hash of each record, so adding data never "
+                            "reshuffles the held-out set.")
+    c.add_argument("data", help="a .jsonl/.json/.parquet file or a hub dataset id")
+    c.add_argument("--out", required=True, help="directory to write the splits into")
+    c.add_argument("--valid", type=_non_negative_float, default=0.1,
+                   help="share of records for valid.jsonl (default: 0.1)")
+    c.add_argument("--test", type=_non_negative_float, default=0.0,
+                   help="share of records for test.jsonl (default: 0)")
+    c.add_argument("--salt", default="", help="text mixed into the hash: another salt, "
+                   "another split")
+    common(c)
+    c.set_defaults(func=cmd_data_split)
+
+    c = data_sub.add_parser("mix", help="mix several sources into one file",
+                            description="Mix SOURCE files into OUT, each record tagged with "
+                            "its source. SOURCE is PATH (all of it), PATH=N (N records) or "
+                            "PATH=W with a decimal point (W times its size: 0.5 or 2.0).")
+    c.add_argument("sources", nargs="+", metavar="SOURCE")
+    c.add_argument("--out", required=True, help="the .jsonl file to write")
+    c.add_argument("--seed", type=int, default=0, help="sampling and shuffling seed (default: 0)")
+    c.add_argument("--tag-key", default="source",
+                   help="field that names each record's source (default: source)")
+    common(c)
+    c.set_defaults(func=cmd_data_mix)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from mlxsft.config import add_arguments
+    from mlxsft.config import DATA_FIELDS, add_arguments
 
     parser = _Parser(
         prog="mlxsft", description="Local instruction tuning (SFT) on MLX: response-only "
@@ -259,13 +379,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("data", help="inspect training data")
+    p = sub.add_parser("data", help="inspect and curate training data")
     data_sub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
     c = data_sub.add_parser("check", help="lint a dataset and show its loss masks",
                             description="Tokenize DATA with the model's chat template exactly "
                             "as training will, and report formats, lengths, supervised share, "
                             "truncation, duplicates and other problems.")
-    c.add_argument("data", help="a .jsonl file or a directory with train.jsonl / valid.jsonl")
+    c.add_argument("data", help="a .jsonl/.json/.parquet file, a directory with train.jsonl / "
+                   "valid.jsonl, or a Hugging Face dataset id (org/name, org/name:split)")
     _model_flag(c)
     _mask_flags(c)
     c.add_argument("--show", type=_int_at_least(0), default=0, metavar="N",
@@ -274,7 +395,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one JSON object per record (line, tokens, loss_mask) and a summary")
     c.add_argument("--color", action=argparse.BooleanOptionalAction, default=None,
                    help="colour for --show (default: when writing to a terminal)")
+    c.add_argument("--against", metavar="HELD_OUT", default=None,
+                   help="also report training records that (nearly) repeat a record of this "
+                   "held-out file (leakage)")
+    add_arguments(c, only=DATA_FIELDS)
     c.set_defaults(func=cmd_data_check)
+    _curation_parsers(data_sub)
 
     p = sub.add_parser("eval", help="response-only loss of a model (with an adapter) on data",
                        description="Mean NLL and perplexity over supervised tokens only, "
