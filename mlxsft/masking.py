@@ -334,7 +334,14 @@ class Masker:
         except MaskingError:
             if i:
                 raise
-            bare = prompt = ""  # an assistant-first conversation: nothing precedes it
+            # An assistant-first conversation (transformers renders no empty one): learn
+            # the generation prompt from a one-message conversation instead.
+            probe = [{"role": "user", "content": "mlxsft-probe"}]
+            try:
+                bare = self.render(probe, record.tools, False, record.where)
+                prompt = self.render(probe, record.tools, True, record.where)
+            except MaskingError:
+                bare = prompt = ""
         gen = prompt[len(bare):] if prompt.startswith(bare) else ""
         if gen:
             g = full.rfind(gen, 0, at)
