@@ -113,4 +113,4 @@ def dataset_files(data: str, split: str | None = None, config: str | None = None
     if "train" not in by_split:
         raise UserError(f"{repo}: no train split (found {', '.join(sorted(by_split))}); "
                         f"choose one with --data-split or {repo}:SPLIT")
-    return by_split
+    return {name: by_split[name] for name in _SPLIT_WORDS if name in by_split}

@@ -51,8 +51,9 @@ def cut_off(records: Sequence[Record]) -> list[int]:
         if not responses:
             continue
         last_line = responses[-1][1].rstrip().splitlines()[-1]
-        if (len(last_line.split()) >= 6 and not _ENDS_WELL.search(last_line)
-                and re.search(r"(\b[a-z][\w'-]*|,)$", last_line)):
+        words = last_line.split()
+        if (len(words) >= 6 and not _ENDS_WELL.search(last_line)
+                and (words[-1].endswith(",") or words[-1][0].islower() and words[-1][-1].isalpha())):
             found.append(record.line)
     return found
 
