@@ -20,9 +20,10 @@ from mlxsft.records import Record
 _MOJIBAKE = re.compile("[\u00c2\u00c3][\u0080-\u00bf]|\u00e2\u20ac[\u0080-\u00bf\u2018-\u203a\u0153\u017e]")
 # Text that ends a sentence, or a structure that needs no full stop (code, lists, URLs).
 _ENDS_WELL = re.compile(r"""[.!?…。！？:;)\]}"'`*>\d%]\s*$|^\s*[-*•|]|```\s*$""")
-_INVISIBLE = {"\u200b", "\u200c", "\u200d", "\u200e", "\u200f", "\u2060", "\ufeff",
-              "\u202a", "\u202b", "\u202c", "\u202d", "\u202e",
-              "\u2066", "\u2067", "\u2068", "\u2069"}
+# C0 and C1 controls but newline, tab and carriage return (category Cc).
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# Zero-width and bidirectional controls: invisible, and they reorder displayed text.
+_INVISIBLE = re.compile("[\u200b-\u200f\u2060\ufeff\u202a-\u202e\u2066-\u2069]")
 
 
 def _responses(record: Record) -> list[tuple[int, str]]:
@@ -36,7 +37,9 @@ def copies_prompt(records: Sequence[Record]) -> list[int]:
     for record in records:
         for i, content in _responses(record):
             before = record.messages[i - 1]["content"] if i else ""
-            if before.strip() and normalize(before) == normalize(content):
+            # Lengths far apart cannot normalize to the same text; skip the work.
+            if (before.strip() and len(content) <= 2 * len(before) + 16
+                    and normalize(before) == normalize(content)):
                 found.append(record.line)
                 break
     return found
@@ -50,7 +53,7 @@ def cut_off(records: Sequence[Record]) -> list[int]:
         responses = _responses(record)
         if not responses:
             continue
-        last_line = responses[-1][1].rstrip().splitlines()[-1]
+        last_line = responses[-1][1].rstrip().rpartition("\n")[2]
         words = last_line.split()
         if (len(words) >= 6 and not _ENDS_WELL.search(last_line)
                 and (words[-1].endswith(",") or words[-1][0].islower() and words[-1][-1].isalpha())):
@@ -72,9 +75,9 @@ def encoding_oddities(records: Sequence[Record]) -> list[str]:
                 kinds.append("U+FFFD")
             if _MOJIBAKE.search(text):
                 kinds.append("mojibake")
-            if any(unicodedata.category(c) == "Cc" and c not in "\n\t\r" for c in text):
+            if _CONTROL.search(text):
                 kinds.append("control characters")
-            if any(c in _INVISIBLE for c in text):
+            if _INVISIBLE.search(text):
                 kinds.append("invisible characters")
         if kinds:
             found.append(f"{record.line}({', '.join(sorted(set(kinds)))})")

@@ -95,14 +95,6 @@ class Tokenized:
         return sum(self.loss_mask)
 
 
-def _common_prefix_len(a: str, b: str) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
 def hf_tokenizer(tokenizer: Any) -> Any:
     """The Hugging Face tokenizer behind an mlx-lm `TokenizerWrapper` (or itself)."""
     # Checked by name: importing mlx_lm here would import mlx before the BLAS preload.
@@ -290,7 +282,7 @@ class Masker:
         if at < 0 or self._end_of_turn(upto, lo, at) < at:
             return None
         end = self._end_of_turn(upto, at + len(core), len(upto))
-        if end > _common_prefix_len(upto, full):
+        if upto[:end] != full[:end]:  # a C comparison: records may be megabytes long
             return None
         return lo, end
 
