@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import statistics
-import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -25,6 +24,7 @@ from typing import Any, Iterable
 from mlxsft import lints
 from mlxsft.data import DataFile, Record
 from mlxsft.masking import Masker, MaskingError, Tokenized, encode_records, hf_tokenizer
+from mlxsft.records import escape_controls
 from mlxsft.templates import reasoning_of
 
 
@@ -311,14 +311,6 @@ MASKED_STYLE = "\x1b[2m"
 RESET = "\x1b[0m"
 
 
-def escape_controls(text: str) -> str:
-    """Control and format characters from the data as visible escapes (\x1b, \u202e),
-    except newline and tab: data must not move the cursor or recolour the terminal."""
-    return "".join(c if c in "\n\t" or unicodedata.category(c) not in ("Cc", "Cf")
-                   else (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
-                   for c in text)
-
-
 def render_record(item: Tokenized, tokenizer: Any, color: bool = True) -> str:
     """The record's text with supervised tokens bold green and masked ones dim
     (without colour: supervised runs between « and »)."""
@@ -338,7 +330,7 @@ def render_record(item: Tokenized, tokenizer: Any, color: bool = True) -> str:
             parts.append(f"«{text}»" if m else text)
     head = (f"--- {item.source}:{item.line} ({item.format}, {len(item.tokens)} tokens, "
             f"{item.supervised_tokens} supervised{', truncated' if item.truncated else ''})")
-    return head + "\n" + "".join(parts)
+    return escape_controls(head) + "\n" + "".join(parts)
 
 
 def record_json(item: Tokenized) -> dict[str, Any]:

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from mlxsft.errors import UserError
-from mlxsft.records import Record
+from mlxsft.records import Record, escape_controls
 from mlxsft.templates import TemplateChoice, apply_thinking
 
 MASK_MODES = ("assistant", "last", "all")
@@ -73,7 +73,12 @@ _CUT_MARGIN = 16
 
 
 class MaskingError(UserError):
-    """A record that cannot be rendered or masked exactly with this tokenizer."""
+    """A record that cannot be rendered or masked exactly with this tokenizer. The
+    message may quote the data or the template's error, so control characters are
+    escaped."""
+
+    def __init__(self, message: str):
+        super().__init__(escape_controls(message, keep=""))
 
 
 @dataclass

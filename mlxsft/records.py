@@ -7,6 +7,7 @@ both can use them without importing each other.
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,16 +17,26 @@ from mlxsft.errors import UserError
 ROLES = ("system", "user", "assistant", "tool")
 
 
+def escape_controls(text: str, keep: str = "\n\t") -> str:
+    """Control and format characters as visible escapes (\x1b, \u202e), except those in
+    `keep`: text from the data must not move the cursor or recolour the terminal (and an
+    error message stays one line)."""
+    return "".join(c if c in keep or unicodedata.category(c) not in ("Cc", "Cf")
+                   else (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+                   for c in text)
+
+
 class DataError(UserError):
     """A problem in a data file, located at file:line (line 0 means the whole file).
-    For a parquet file or a JSON array the line is the row, counted from 1."""
+    For a parquet file or a JSON array the line is the row, counted from 1. The message
+    may quote the data, so its control characters are escaped."""
 
     def __init__(self, path: str | Path, line: int, message: str):
         self.path = str(path)
         self.line = line
         self.reason = message
         where = f"{self.path}:{line}" if line else self.path
-        super().__init__(f"{where}: {message}")
+        super().__init__(escape_controls(f"{where}: {message}", keep=""))
 
 
 @dataclass

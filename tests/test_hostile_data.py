@@ -120,15 +120,40 @@ def fuzz_tokenizer():
     return build_template_tokenizer("chatml")
 
 
+def data_check_json(path, tokenizer, mode, monkeypatch_context):
+    """`mlxsft data check PATH --json` in this process, with the tokenizer given:
+    (exit code, stdout lines, stderr)."""
+    import contextlib
+    import io
+
+    from mlxsft import models
+    from mlxsft.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with monkeypatch_context() as m, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        m.setattr(models, "load_tokenizer", lambda *a, **k: tokenizer)
+        code = main(["data", "check", str(path), "--json", "--mask", mode, "--max-seq-len", "64"])
+    return code, out.getvalue().splitlines(), err.getvalue()
+
+
 @pytest.mark.slow
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
-@given(lines=st.lists(line, min_size=1, max_size=6))
-def test_generated_records_give_only_located_errors(tmp_path_factory, fuzz_tokenizer, lines):
+@given(lines=st.lists(line, min_size=1, max_size=6), mode=st.sampled_from(["assistant", "last", "all"]))
+def test_generated_records_give_only_located_errors(tmp_path_factory, fuzz_tokenizer, lines,
+                                                    mode):
     from mlxsft.data import DataFile
     from mlxsft.datacheck import check_split, record_json
 
     path = tmp_path_factory.mktemp("fuzz") / "d.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8", errors="surrogatepass")
+    # The command: JSON lines and exit 0/1 (train would stop), or one located error line.
+    code, out, err = data_check_json(path, fuzz_tokenizer, mode, pytest.MonkeyPatch.context)
+    if code == 2:
+        assert err.startswith(f"mlxsft: error: {path}") and err.count("\n") == 1, err
+        assert not out
+    else:
+        assert code in (0, 1) and "Traceback" not in err
+        assert all(isinstance(json.loads(o), dict) for o in out) and "summary" in json.loads(out[-1])
     try:
         data = read_records(path, skip_invalid=True)
     except DataError as e:  # the whole file had nothing valid: still located
