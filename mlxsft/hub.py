@@ -63,10 +63,12 @@ def snapshot(repo: str, revision: str | None = None) -> Path:
     except Exception as e:
         at = f" at revision {revision}" if revision else ""
         rev = f" --revision {revision}" if revision else ""
+        # A local path with a typo looks like an id too: the message says both.
         raise UserError(
             f"{repo}: dataset{at} is not in the Hugging Face cache and the hub could not be "
             f"reached ({type(e).__name__}); run `hf download --repo-type dataset {repo}{rev}` "
-            "on a connected machine (same HF_HOME), or pass a local file") from None
+            "on a connected machine (same HF_HOME), or, if you meant a local file or "
+            "directory, check the path") from None
 
 
 def _split_of(relative: str) -> str | None:

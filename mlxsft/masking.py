@@ -121,15 +121,18 @@ class Masker:
         self.warnings: list[str] = []
         self.template = template or TemplateChoice()
         own = getattr(self.tokenizer, "chat_template", None)
-        own = own if isinstance(own, str) else None
-        self.chat_template = self.template.effective(own) or own
-        if not self.chat_template:
-            self.chat_template = DEFAULT_CHAT_TEMPLATE
+        own = own if isinstance(own, str) and own else None
+        if own is None and self.template.template is None:
+            own = DEFAULT_CHAT_TEMPLATE
             self.warnings.append(
                 "the tokenizer has no chat template; using mlxsft's default ChatML-style "
                 "template (<|im_start|>role ... <|im_end|>). Pass a model with a chat "
                 "template to train in its own format.")
-        self.uses_default_template = self.chat_template is DEFAULT_CHAT_TEMPLATE
+        # The template before --template-kwarg is baked in, for what the adapter saves.
+        self._base_template = own
+        self.chat_template = self.template.effective(own) or own
+        # mlxsft's default (kwargs baked in or not) ends turns with literal text.
+        self.uses_default_template = own is DEFAULT_CHAT_TEMPLATE and self.template.template is None
         # Special tokens are the candidates for a template's end-of-turn marker.
         self._special = sorted(
             {t for t in (getattr(self.tokenizer, "all_special_tokens", None) or []) if t}
@@ -195,6 +198,10 @@ class Masker:
             if i >= 0 and (best is None or i < best[0]):
                 best = (i, i + len(token))
         return best[1] if best else None
+
+    def saved_template(self) -> dict:
+        """What adapter_config.json records so chat, eval and fuse render alike."""
+        return self.template.saved(self._base_template)
 
     def supervised_turns(self, messages: list[dict]) -> list[int]:
         """The assistant turns that carry loss: the mode's, then each message's "train"."""

@@ -16,7 +16,7 @@ from mlxsft.checkpoints import file_sha256
 from mlxsft.config import TrainConfig
 from mlxsft.data import DataOptions, load_splits, read_records
 from mlxsft.errors import UserError
-from mlxsft.masking import CHARS_PER_TOKEN_BOUND, Masker, encode_records, hf_tokenizer
+from mlxsft.masking import CHARS_PER_TOKEN_BOUND, Masker, encode_records
 from mlxsft.templates import template_choice
 
 
@@ -90,6 +90,5 @@ def prepare_data(config: TrainConfig, tokenizer, splits: dict | None = None) -> 
     if not out["train"]:
         raise UserError(f"{train_file.path}: no record has supervised tokens to train on; "
                         "check --mask and --max-seq-len (`mlxsft data check` shows the masks)")
-    own = getattr(hf_tokenizer(tokenizer), "chat_template", None)
-    template = masker.template.saved(own if isinstance(own, str) else None)
-    return PreparedData(out["train"], out.get("valid", []), files, messages, template)
+    return PreparedData(out["train"], out.get("valid", []), files, messages,
+                        masker.saved_template())
