@@ -103,33 +103,34 @@ def _end_of_turn_ids(masker: Masker) -> set[int]:
     return ids
 
 
-def _content_not_rendered(records, masker: Masker) -> list[str]:
-    """"line(messages[i])" for each message whose content the chat template leaves out
-    of the rendering (some templates drop a system prompt, or a tool call's content,
-    or reasoning from earlier turns): the model never sees or learns that text."""
+def _per_renderable(records, masker: Masker, find) -> list[str]:
+    """find(record as rendered) for every chat record the template can render (one it
+    cannot render is reported as a masking failure already)."""
     found = []
     for record in records:
         if not record.messages:
             continue
-        record = masker.prepared(record)
         try:
-            text = masker.render(record.messages, record.tools, False, record.where)
-        except MaskingError:
-            continue  # reported as a masking failure already
-        found += [f"{record.line}(messages[{i}])" for i, m in enumerate(record.messages)
-                  if m["content"].strip() and m["content"].strip() not in text]
-    return found
-
-
-def _tool_calls_not_rendered(records, masker: Masker) -> list[str]:
-    found = []
-    for record in records:
-        try:
-            found += [f"{record.line}(messages[{i}])"
-                      for i in masker.tool_calls_not_rendered(masker.prepared(record))]
+            found += find(masker.prepared(record))
         except MaskingError:
             continue
     return found
+
+
+def _content_not_rendered(records, masker: Masker) -> list[str]:
+    """"line(messages[i])" for each message whose content the chat template leaves out
+    of the rendering (some templates drop a system prompt, or a tool call's content,
+    or reasoning from earlier turns): the model never sees or learns that text."""
+    def find(record):
+        text = masker.render(record.messages, record.tools, False, record.where)
+        return [f"{record.line}(messages[{i}])" for i, m in enumerate(record.messages)
+                if m["content"].strip() and m["content"].strip() not in text]
+    return _per_renderable(records, masker, find)
+
+
+def _tool_calls_not_rendered(records, masker: Masker) -> list[str]:
+    return _per_renderable(records, masker, lambda record: [
+        f"{record.line}(messages[{i}])" for i in masker.tool_calls_not_rendered(record)])
 
 
 def _inference_mismatch(records, masker: Masker) -> tuple[list[str], list[str]]:
