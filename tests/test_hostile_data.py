@@ -172,3 +172,13 @@ def test_generated_records_give_only_located_errors(tmp_path_factory, fuzz_token
         json.dumps(report.summary())
         for item in report.items:
             json.dumps(record_json(item))
+
+
+def test_data_check_exits_1_when_train_would_find_nothing_to_train_on(tmp_path, tiny_llama, capsys):
+    from mlxsft.cli import main
+
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"messages": [{"role": "user", "content": "a long question " * 20},
+                                             {"role": "assistant", "content": "a"}]}) + "\n")
+    assert main(["data", "check", str(path), "--model", str(tiny_llama), "--max-seq-len", "8"]) == 1
+    assert f"train would stop: {path} has no supervised tokens" in capsys.readouterr().err

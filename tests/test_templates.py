@@ -157,3 +157,13 @@ def test_template_and_kwargs_are_saved_with_the_adapter_and_used_by_chat_and_fus
     from transformers import AutoTokenizer
 
     assert AutoTokenizer.from_pretrained(str(fused)).chat_template == baked
+
+
+def test_kwargs_apply_to_mlxsft_default_template_when_the_tokenizer_has_none():
+    from mlxsft.masking import DEFAULT_CHAT_TEMPLATE
+
+    tok = build_tokenizer(["<|im_start|>", "<|im_end|>"])  # a base model: no chat template
+    masker = Masker(tok, template=TemplateChoice(kwargs={"x": 1}))
+    assert masker.chat_template == bake_kwargs(DEFAULT_CHAT_TEMPLATE, {"x": 1})
+    assert masker.uses_default_template and masker.warnings
+    assert masker.saved_template()["chat_template"] == masker.chat_template
