@@ -117,7 +117,9 @@ class Trainer:
         """A resumed run must see the data its checkpoint was trained on (same order,
         same records); a changed file is refused unless allowed."""
         recorded = read_adapter_config(self.resume_point.path).get("data")
-        files = {k: Path(splits[k].path) for k in ("train", "valid") if splits.get(k)}
+        # A hub split has its bytes in the cache (local_path); a streamed one has none.
+        files = {k: Path(splits[k].local_path) for k in ("train", "valid")
+                 if splits.get(k) and splits[k].local_path}
         changed = changed_data(recorded, files, file_sha256)
         if changed and not self.allow_data_change:
             raise UserError(f"--resume {self.run_dir}: {changed[0]}; restore it, or pass "
@@ -171,6 +173,7 @@ class Trainer:
                    hidden_size=loaded.config.get("hidden_size"),
                    num_hidden_layers=loaded.config.get("num_hidden_layers"),
                    data=self.data.files, mask=config.mask, max_seq_len=config.max_seq_len,
+                   **self.data.template,  # chat template + kwargs: chat and fuse render alike
                    mlxsft_version=__version__, step=step, val_loss=val_loss,
                    train_loss=train_loss)
         return out
