@@ -12,6 +12,7 @@ from typing import Callable
 
 from mlxsft import events as ev
 from mlxsft.errors import UserError
+from mlxsft.mlx_thread import release_thread_state
 from mlxsft.tui.messages import (DataChecked, DataFailed, StepProgress, TrainDone,
                                  TrainEvent)
 from mlxsft.tui.widgets.data_view import check_data
@@ -37,6 +38,10 @@ def run_training(post: Callable, train_fn: Callable, config, should_stop: Callab
     except Exception as e:  # a bug: keep the app alive, show it, log the traceback
         error = f"{type(e).__name__}: {e}"
         log(traceback.format_exc())
+    finally:
+        # The trained model died with the generator; its thread's MLX state must go
+        # too, here, or the pool thread can abort the process when it ends at exit.
+        release_thread_state()
     post(TrainDone(error))
 
 
@@ -50,3 +55,5 @@ def lint_data(post: Callable, key: tuple) -> None:
         post(DataFailed(key, f"{type(e).__name__}: {e}"))
     else:
         post(DataChecked(key, summaries, records, warnings))
+    finally:
+        release_thread_state()  # loading a GGUF tokenizer may have used MLX
