@@ -31,6 +31,7 @@ from textual.timer import Timer
 from textual.widgets import Input, Tabs
 from textual.worker import get_current_worker
 
+from mlxsft import blas
 from mlxsft import events as ev
 from mlxsft.checkpoints import ADAPTER_CONFIG
 from mlxsft.config import build_config
@@ -132,6 +133,9 @@ class MlxsftApp(App):
         self.run_worker(self._serve_chat, thread=True, group="chat", exit_on_error=False,
                         name="chat models")
         self.show_view()
+        slow = blas.slow_warning()  # printed on stderr too, but the app's screen hides it
+        if slow:
+            self.event_log.add("warning", f"warning: {slow}")
         given = {k: v for k, v in self.initial.items() if k in ("data", "model") and v}
         try:
             self.settings = build_config(given, self.initial["config_path"]).resolved()
