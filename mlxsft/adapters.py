@@ -28,7 +28,8 @@ def attach_adapter(loaded, adapter_dir: str | Path) -> dict:
                             f"--model {loaded.source} has {key} {have}; pass the adapter's "
                             "base model")
     # A damaged file is not a mismatch: say so before mlx-lm reads it.
-    load_safetensors(adapter_dir / ADAPTER_WEIGHTS, f"--adapter {adapter_dir}")
+    check_finite(load_safetensors(adapter_dir / ADAPTER_WEIGHTS, f"--adapter {adapter_dir}"),
+                 adapter_dir / ADAPTER_WEIGHTS)
     try:
         load_adapters(loaded.model, str(adapter_dir))
     except (ValueError, KeyError, AttributeError) as e:
@@ -38,6 +39,20 @@ def attach_adapter(loaded, adapter_dir: str | Path) -> dict:
                         f"({trained_on}): {detail}") from None
     loaded.model.eval()
     return config
+
+
+def check_finite(weights: dict, path: str | Path) -> None:
+    """Refuse adapter weights with NaN or infinite values (a run that diverged): every
+    answer, loss and fused weight made from them would be NaN too."""
+    import mlx.core as mx
+
+    for name, tensor in weights.items():
+        if mx.issubdtype(tensor.dtype, mx.floating):
+            bad = int((~mx.isfinite(tensor)).sum().item())
+            if bad:
+                raise UserError(f"{path}: {name} has {bad} NaN or infinite value"
+                                f"{'s' if bad != 1 else ''}: the run diverged; use an earlier "
+                                "checkpoint or train again with a lower --learning-rate")
 
 
 def adapter_base(adapter: str | Path) -> tuple[str | None, str | None]:

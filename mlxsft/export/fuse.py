@@ -151,6 +151,7 @@ def fuse(adapter: str | Path, out: str | Path, model: str | None = None, fmt: st
         release_model(loaded)  # the written files are what gets verified
         result = FuseResult(adapter_dir, loaded.source, out, fmt, out_dtype, quantization,
                             quantize, verify_written(target, held_out, *reference), notes)
+        _check_finite(result)  # a NaN model is never published: nothing appears at OUT
         result.warnings = _warnings(result)
         if fmt != "gguf":
             (target / "README.md").write_text(_card(result, adapter_config))
@@ -245,6 +246,19 @@ def _check_names(loaded, fmt: str, quantize: int | None) -> list[str]:
                         f"base checkpoint, so transformers would not load it; use --format mlx")
     return [f"weight names differ from the base checkpoint's (e.g. {missing[0]}); mlx-lm "
             "loads this directory, transformers may not"] if missing else []
+
+
+def _check_finite(result: FuseResult) -> None:
+    import math
+
+    v = result.verification
+    figures = {"base loss": v.loss_base, "base + adapter loss": v.loss_tuned,
+               "fused loss": v.loss_fused, "max |logit diff|": v.max_logit_diff}
+    bad = [f"{name} {value}" for name, value in figures.items() if not math.isfinite(value)]
+    if bad:
+        raise UserError(f"--out {result.out}: verification on {v.source} gave non-finite "
+                        f"numbers ({', '.join(bad)}); nothing was written (check the base "
+                        "model's weights and --dtype; float16 may overflow)")
 
 
 def _warnings(result: FuseResult) -> list[str]:

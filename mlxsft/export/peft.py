@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mlxsft.adapters import check_finite
 from mlxsft.checkpoints import ADAPTER_WEIGHTS, load_safetensors, read_adapter_config
 from mlxsft.errors import UserError
 from mlxsft.export.card import model_card
@@ -143,6 +144,7 @@ def export_peft(adapter: str | Path, out: str | Path, base: str | None = None) -
     check_out_free(Path(out))
     check_out_writable(Path(out))
     weights = load_safetensors(adapter_dir / ADAPTER_WEIGHTS, f"--adapter {adapter_dir}")
+    check_finite(weights, adapter_dir / ADAPTER_WEIGHTS)
     tensors = peft_tensors(weights)
     modules = sorted({n.rsplit(".", 1)[0] for n in weights})
     rank = config["lora_parameters"]["rank"]

@@ -151,6 +151,13 @@ def release_model(loaded) -> None:
     mx.clear_cache()
 
 
+def _max_abs_diff(tuned_logits: list, fused_logits: list) -> float:
+    import numpy as np
+
+    # np.max, not max(): Python's max() can pass over a NaN, and a NaN must show.
+    return float(np.max([np.abs(a - b).max() for a, b in zip(tuned_logits, fused_logits)]))
+
+
 def verify_written(target: Path, held_out: HeldOut, loss_base: float, loss_tuned: float,
                    tuned_logits: list) -> Verification:
     """Load what was written, as a user would, and compare it with base + adapter."""
@@ -167,7 +174,7 @@ def verify_written(target: Path, held_out: HeldOut, loss_base: float, loss_tuned
     verification = Verification(
         held_out.source, len(items), sum(i.supervised_tokens for i in items),
         sum(len(x) for x in fused_logits),
-        max(float(abs(a - b).max()) for a, b in zip(tuned_logits, fused_logits)),
+        _max_abs_diff(tuned_logits, fused_logits),
         loss_base, loss_tuned, response_loss(written.model, items, written.tokenizer),
         [i.tokens for i in again] == [i.tokens for i in items])
     release_model(written)
