@@ -103,12 +103,15 @@ def fuse_lora_layers(model, dtype: str) -> int:
     return len(fused)
 
 
-def _same_base(adapter_config: dict, model: str) -> bool:
-    recorded = [adapter_config.get("base_model"), adapter_config.get("base_model_path")]
-    if model in recorded or not any(recorded):
-        return True
-    return any(r and Path(r).exists() and Path(r).resolve() == Path(model).resolve()
-               for r in recorded)
+def _same_base(adapter_dir: Path, adapter_config: dict, model: str) -> bool:
+    from mlxsft.provenance import local_base, public_name
+
+    name, here = adapter_config.get("base_model"), local_base(adapter_dir, adapter_config)
+    if not name and not here:
+        return True  # nothing recorded to compare with
+    if here and Path(model).exists():
+        return Path(model).resolve() == Path(here).resolve()
+    return model in (name, here) or public_name(model) == name
 
 
 # -- the command --------------------------------------------------------------------------
@@ -125,7 +128,7 @@ def fuse(adapter: str | Path, out: str | Path, model: str | None = None, fmt: st
     adapter_config = read_adapter_config(adapter_dir)
     loaded, notes = _load_base(adapter_dir, adapter_config, model)
     out_dtype = dtype or stored_float_dtype(loaded)
-    held_out = HeldOut.of(adapter_config, loaded.tokenizer)
+    held_out = HeldOut.of(adapter_dir, adapter_config, loaded.tokenizer)
     notes += held_out.notes
     tokenizer_md = None
     if fmt == "gguf":  # refused here (architecture, tokenizer) rather than after the work
@@ -191,7 +194,7 @@ def _load_base(adapter_dir: Path, adapter_config: dict, model: str | None):
     loaded = load_model(spec)
     if name:
         loaded.source = name
-    elif not _same_base(adapter_config, model):
+    elif not _same_base(adapter_dir, adapter_config, model):
         notes.append(f"the adapter was trained on {adapter_config.get('base_model')}; fusing "
                      f"it into {model}")
     if adapter_config.get("base_quantization") and not loaded.quantization:
