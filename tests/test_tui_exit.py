@@ -39,19 +39,24 @@ ENGINE_SCRIPT = textwrap.dedent("""
 
 
 TRAINER_SCRIPT = textwrap.dedent("""
-    import sys, threading
+    # As the app does: each job from a pooled worker thread, on a thread of its own.
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
     from mlxsft.config import build_config
+    from mlxsft.mlx_thread import run_on_own_thread
     from mlxsft.train import train
     from mlxsft.tui.workers import run_training
 
     posted = []
-    config = build_config({"model": sys.argv[1], "data": sys.argv[2], "out": sys.argv[3],
-                           "iters": 2, "batch_size": 2, "steps_per_report": 1})
-    thread = threading.Thread(target=run_training,
-                              args=(posted.append, train, config, lambda: False))
-    thread.start()
-    thread.join()
-    assert posted[-1].error is None, posted[-1].error
+    pool = ThreadPoolExecutor(max_workers=1)  # one thread: the second job reuses it
+    for n in (1, 2):
+        config = build_config({"model": sys.argv[1], "data": sys.argv[2],
+                               "out": f"{sys.argv[3]}-{n}", "iters": 2, "batch_size": 2,
+                               "steps_per_report": 1})
+        pool.submit(run_on_own_thread, run_training, posted.append, train, config,
+                    lambda: False).result()
+        assert posted[-1].error is None, posted[-1].error
+    pool.shutdown()
     print("trained:", len(posted), "messages")
 """)
 

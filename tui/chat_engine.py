@@ -102,7 +102,9 @@ class ChatEngine:
 
     def serve(self, cancelled: Callable[[], bool] = lambda: False) -> None:
         """Answer requests until `close()` (or `cancelled()`); call it from the thread
-        that is to own the models."""
+        that is to own the models. On return it frees them and that thread's MLX state,
+        so the thread must do no more MLX work: give it one of its own
+        (`mlxsft.mlx_thread.run_on_own_thread`)."""
         self._cancelled = cancelled
         try:
             while not self._stopping():

@@ -2,7 +2,9 @@
 
 `run_training` iterates the trainer (so the model being trained lives on the calling
 thread) and posts each event; `lint_data` reads and masks a data file for the data
-view. Neither touches a widget; the app wraps them in Textual thread workers.
+view. Neither touches a widget; the app wraps them in Textual thread workers, each job
+on a thread of its own (`mlxsft.mlx_thread.run_on_own_thread`) that frees its MLX state
+before it ends, since the workers' pooled threads outlive the job.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from typing import Callable
 
 from mlxsft import events as ev
 from mlxsft.errors import UserError
-from mlxsft.mlx_thread import release_thread_state
 from mlxsft.tui.messages import (DataChecked, DataFailed, StepProgress, TrainDone,
                                  TrainEvent)
 from mlxsft.tui.widgets.data_view import check_data
@@ -38,10 +39,6 @@ def run_training(post: Callable, train_fn: Callable, config, should_stop: Callab
     except Exception as e:  # a bug: keep the app alive, show it, log the traceback
         error = f"{type(e).__name__}: {e}"
         log(traceback.format_exc())
-    finally:
-        # The trained model died with the generator; its thread's MLX state must go
-        # too, here, or the pool thread can abort the process when it ends at exit.
-        release_thread_state()
     post(TrainDone(error))
 
 
@@ -55,5 +52,3 @@ def lint_data(post: Callable, key: tuple) -> None:
         post(DataFailed(key, f"{type(e).__name__}: {e}"))
     else:
         post(DataChecked(key, summaries, records, warnings))
-    finally:
-        release_thread_state()  # loading a GGUF tokenizer may have used MLX
