@@ -31,9 +31,22 @@ def public_name(spec: str | None) -> str | None:
 
 
 def public_data(files: list[dict]) -> list[dict]:
-    """The data entries of an adapter_config: file name, records and sha256 per split."""
-    return [{"split": f.get("split"), "name": Path(str(f.get("path") or f.get("name"))).name,
-             "records": f.get("records"), "sha256": f.get("sha256")} for f in files]
+    """The data entries of an adapter_config: name, records and sha256 per split. A hub
+    split keeps its dataset name; a local file is named by its file name alone."""
+    out = []
+    for f in files:
+        name, path = f.get("name"), f.get("path")
+        if not name:
+            name = Path(path).name if path and Path(path).is_absolute() else path
+        out.append({"split": f.get("split"), "name": name, "records": f.get("records"),
+                    "sha256": f.get("sha256")})
+    return out
+
+
+def public_template(template: dict) -> dict:
+    """The chat-template entries of an adapter_config, a template file named by its name."""
+    source = template.get("chat_template_source")
+    return template | ({"chat_template_source": public_name(source)} if source else {})
 
 
 def run_settings(adapter_dir: str | Path) -> dict:

@@ -31,7 +31,7 @@ from mlxsft.checkpoints import (
 from mlxsft.config import TrainConfig
 from mlxsft.errors import UserError
 from mlxsft.prepare import prepare_data, read_data
-from mlxsft.provenance import public_data, public_name
+from mlxsft.provenance import public_data, public_name, public_template
 
 
 OPTIMIZER_STATE = "optimizer.safetensors"
@@ -174,7 +174,10 @@ class Trainer:
                    model_type=loaded.config.get("model_type"),
                    hidden_size=loaded.config.get("hidden_size"),
                    num_hidden_layers=loaded.config.get("num_hidden_layers"),
-                   data=public_data(self.data.files), mask=config.mask, max_seq_len=config.max_seq_len,
+                   data=public_data(self.data.files), mask=config.mask,
+                   max_seq_len=config.max_seq_len,
+                   # chat template + kwargs: chat and fuse render alike
+                   **public_template(self.data.template),
                    mlxsft_version=__version__, step=step, val_loss=val_loss)
         return out
 

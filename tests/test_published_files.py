@@ -20,8 +20,12 @@ def workspace(tiny_llama, tiny_data, tmp_path_factory):
     base, data, run = home / "models" / "my-base", home / "data", home / "runs" / "r1"
     shutil.copytree(tiny_llama, base)
     shutil.copytree(tiny_data, data)
+    template = home / "templates" / "my.jinja"  # a template file: named, not located
+    template.parent.mkdir()
+    shutil.copy(base / "chat_template.jinja", template)
     assert main(["train", str(data), "--model", str(base), "--out", str(run), "--iters", "4",
-                 "--batch-size", "4", "--steps-per-eval", "2", "--steps-per-save", "2"]) == 0
+                 "--batch-size", "4", "--steps-per-eval", "2", "--steps-per-save", "2",
+                 "--chat-template", str(template)]) == 0
     return home, base, data, run
 
 
@@ -42,6 +46,7 @@ def test_adapters_name_their_base_and_data_instead_of_paths(workspace):
         assert_no_local_path(adapter_dir / "adapter_config.json", home)
         config = json.loads((adapter_dir / "adapter_config.json").read_text())
         assert config["base_model"] == "my-base"
+        assert config["chat_template_source"] == "my.jinja"
         assert [(d["split"], d["name"], d["records"]) for d in config["data"]] == [
             ("train", "train.jsonl", 64), ("valid", "valid.jsonl", 8)]
     # The run's own config keeps what later commands need, absolute.
