@@ -89,20 +89,19 @@ def build_optimizer(config, schedule: Callable) -> Any:
     return groups(schedule)
 
 
-def optimizer_record(config) -> dict[str, str]:
-    """What identifies the optimizer, saved beside its state (safetensors metadata is str)."""
-    return {"optimizer": config.optimizer, "lora_plus_ratio": repr(config.lora_plus_ratio)}
+def optimizer_record(config) -> dict:
+    """What identifies the optimizer; saved in adapter_config.json beside its state."""
+    return {"name": config.optimizer, "lora_plus_ratio": config.lora_plus_ratio}
 
 
-def check_resumable(saved: dict[str, str], config, where: str) -> None:
+def check_resumable(saved: dict | None, config, where: str) -> None:
     """Refuse to resume moments of one optimizer with another: they mean different things."""
-    want = optimizer_record(config)
-    # States saved before optimizers were selectable are AdamW's.
-    have = {"optimizer": saved.get("optimizer", "adamw"),
-            "lora_plus_ratio": saved.get("lora_plus_ratio", repr(0.0))}
-    for key, value in want.items():
+    # Checkpoints saved before optimizers were selectable hold AdamW's state.
+    saved = saved if isinstance(saved, dict) else {}
+    have = {"name": saved.get("name", "adamw"), "lora_plus_ratio": saved.get("lora_plus_ratio", 0.0)}
+    for key, value in optimizer_record(config).items():
         if have[key] != value:
-            flag = "--" + key.replace("_", "-")
+            flag = "--optimizer" if key == "name" else "--lora-plus-ratio"
             raise UserError(f"--resume {where}: its optimizer state is for {flag} {have[key]}, "
                             f"not {value}; resume with {flag} {have[key]}")
 

@@ -20,7 +20,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlxsft.data import DataError, Record, parse_record, read_jsonl
+from mlxsft.data import Record, decode_json, parse_record, read_jsonl
 from mlxsft.errors import UserError
 
 
@@ -105,11 +105,7 @@ def read_probes(path: str | Path, limit: int | None = None) -> list[Probe]:
     for line_no, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except ValueError as e:
-            raise DataError(path, line_no, f"invalid JSON ({e}); each line must be one JSON "
-                            "object") from None
+        obj = decode_json(line, path, line_no)
         if isinstance(obj, dict) and isinstance(obj.get("prompt"), str) and "completion" not in obj:
             records.append(Record(str(path), line_no, "chat",
                                   [{"role": "user", "content": obj["prompt"]}]))
