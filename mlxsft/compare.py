@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from mlxsft.checkpoints import ADAPTER_WEIGHTS
 from mlxsft.errors import UserError
 from mlxsft.probes import Answer, Probe, SampleTable, answer, probes_from_records, read_probes
 
@@ -35,9 +36,16 @@ def run_candidates(run_dir: Path, include: list[str]) -> list[Candidate]:
     if not saved:
         raise UserError(f"{run_dir}: no saved adapter; pass the --out of a run that saved one")
     ordered = sorted(saved, key=lambda a: (a.step, {"final": 2, "best": 1}.get(a.key, 0)))
+    # The final adapter's files are links into its checkpoint: answer with it once.
+    seen, unique = {}, []
+    for a in reversed(ordered):
+        st = (a.path / ADAPTER_WEIGHTS).stat()
+        if (st.st_dev, st.st_ino) not in seen:
+            seen[(st.st_dev, st.st_ino)] = a
+            unique.append(a)
     out = [Candidate("base", None, None)]
     out += [Candidate(f"{a.key.rsplit('/', 1)[-1]} (step {a.step})", None, a.path)
-            for a in ordered]
+            for a in reversed(unique)]
     for path in include:
         if not Path(path).exists():
             raise UserError(f"--include {path}: no such file or directory; pass a fused model "
