@@ -10,10 +10,10 @@ Two checks, chosen with `--match`:
 - `exact`: right when the reply is the reference (whitespace runs count as one space);
   in shape when it has the reference's lines, each starting with the same label (the
   text up to the first ':'), e.g. `Answer: ...` then `Why: ...`.
-- `json`: the reference is a JSON object. Right when every value of it appears in the
-  reply, in whatever form (prose, a list, a code block); in shape when the whole reply is
-  one JSON object with exactly the reference's keys; exact when it is equal to the
-  reference.
+- `json`: the reference is a JSON object. Right when the first JSON object in the reply
+  (after prose, or inside a code block) has the reference's value under each of its keys
+  (more keys are allowed); in shape when the whole reply is one JSON object with exactly
+  the reference's keys; exact when it is equal to the reference.
 
 This module scores; generation is `mlxsft.generate`, data loading `mlxsft.data`.
 """
@@ -70,12 +70,19 @@ def _json_object(text: str):
     return value if isinstance(value, dict) else None
 
 
-def _values(obj) -> list[str]:
-    if isinstance(obj, dict):
-        return [v for value in obj.values() for v in _values(value)]
-    if isinstance(obj, list):
-        return [v for value in obj for v in _values(value)]
-    return [] if obj is None else [str(obj)]
+def _first_json_object(text: str):
+    """The first JSON object in a text, also after prose or inside a code block."""
+    decoder = json.JSONDecoder()
+    start = text.find("{")
+    while start != -1:
+        try:
+            value, _ = decoder.raw_decode(text, start)
+            if isinstance(value, dict):
+                return value
+        except json.JSONDecodeError:
+            pass
+        start = text.find("{", start + 1)
+    return None
 
 
 def judge(reply: str, reference: str, match: str) -> Verdict:
@@ -88,7 +95,8 @@ def judge(reply: str, reference: str, match: str) -> Verdict:
         raise ValueError(f"--match json: the reference {reference[:60]!r} is not a JSON object")
     got = _json_object(reply.strip())
     shape = got is not None and set(got) == set(want)
-    right = all(v in reply for v in _values(want))
+    found = _first_json_object(reply)
+    right = found is not None and all(found.get(k) == v for k, v in want.items())
     return Verdict(right, shape, got == want)
 
 

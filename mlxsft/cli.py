@@ -300,8 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "count how many are right and in the reference's shape (default: 0)")
     p.add_argument("--match", choices=MATCHES, default="exact",
                    help="how --answers judges a reply: exact (the reference text; shape: its "
-                   "labelled lines) or json (the reference's values appear; shape: one JSON "
-                   "object with its keys) (default: exact)")
+                   "labelled lines) or json (the reply's first JSON object has the reference's "
+                   "values; shape: the reply is one JSON object with its keys) (default: exact)")
     p.add_argument("--show", type=_int_at_least(0), default=0, metavar="K",
                    help="print the first K judged replies of --answers")
     p.add_argument("--json", action="store_true", help="print one JSON object")

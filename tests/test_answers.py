@@ -21,11 +21,12 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
     (REF, (True, True, True)),
     ('{"day": "Monday", "name": "Hugo Obi", "city": "Ghent"}', (True, True, True)),
     ('{"name": "Hugo Obi", "city": "Ghent", "day": "Sunday"}', (False, True, False)),
-    ('{"name": "Hugo", "city": "Ghent", "day": "Monday", "time": "9"}', (False, False, False)),
-    ('```json\n' + REF + '\n```', (True, False, False)),
-    ("Name: Hugo Obi\nCity: Ghent\nDay: Monday", (True, False, False)),
-    ("Hugo Obi is in Ghent.", (False, False, False)),
-    ('["Hugo Obi", "Ghent", "Monday"]', (True, False, False)),
+    ('{"name": "Hugo Obi", "city": "Ghent", "day": "Monday", "time": "9"}', (True, False, False)),
+    ('Sure! {"name": "Hugo", \n```json\n' + REF + '\n```', (True, False, False)),
+    ('{"type": "json", "data": ' + REF + '}', (False, False, False)),
+    ('{"name": "Hugo Obi, Ghent, Monday", "city": "Ghent", "day": "x"}', (False, True, False)),
+    ("Name: Hugo Obi\nCity: Ghent\nDay: Monday", (False, False, False)),
+    ('["Hugo Obi", "Ghent", "Monday"]', (False, False, False)),
 ])
 def test_json_check(reply, verdict):
     v = judge(reply, REF, "json")
