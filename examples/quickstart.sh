@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 RUN=${RUN:-runs/quickstart-$(date +%Y%m%d-%H%M%S)}
-ITERS=${ITERS:-30}
+ITERS=${ITERS:-20}
 ANSWERS=${ANSWERS:-20}
 DATA=examples/message-to-json
 
@@ -25,7 +25,7 @@ echo "== data: $DATA (what the masks look like)"
 "$mlxsft" data check "$DATA" --show 1
 
 echo "== training SmolLM2-135M-Instruct with LoRA for $ITERS steps -> $RUN"
-"$mlxsft" train "$DATA" --out "$RUN" --iters "$ITERS" --batch-size 8 \
+"$mlxsft" train "$DATA" --out "$RUN" --iters "$ITERS" --batch-size 4 \
   --learning-rate 5e-4 --steps-per-eval 10 --max-seq-len 256
 
 echo "== held-out: loss on the reference answers (response tokens only), then $ANSWERS greedy"
