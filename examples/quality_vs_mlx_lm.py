@@ -120,7 +120,8 @@ def main() -> None:
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     model, data = write_model(work / "model"), write_data(work / "data")
-    tag = f"{args.schedule}-w{args.warmup}-lr{args.learning_rate:g}-{args.iters}x{args.batch_size}"
+    tag = (f"{args.schedule}-w{args.warmup}-lr{args.learning_rate:g}-{args.iters}x{args.batch_size}"
+           f"-seed{args.seed}")
     from mlxsft.lora import linear_keys
     from mlxsft.models import load_model
 

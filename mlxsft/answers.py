@@ -12,7 +12,7 @@ Two checks, chosen with `--match`:
   text up to the first ':'), e.g. `Answer: ...` then `Why: ...`.
 - `json`: the reference is a JSON object. Right when the first JSON object in the reply
   (after prose, or inside a code block) has the reference's value under each of its keys
-  (more keys are allowed); in shape when the whole reply is one JSON object with exactly
+  (more keys are allowed; surrounding spaces in a string do not count); in shape when the whole reply is one JSON object with exactly
   the reference's keys; exact when it is equal to the reference.
 
 This module scores; generation is `mlxsft.generate`, data loading `mlxsft.data`.
@@ -70,6 +70,12 @@ def _json_object(text: str):
     return value if isinstance(value, dict) else None
 
 
+def _field(value):
+    """A value as `right` compares it: strings without surrounding whitespace (a reply's
+    `" Perth"` has the right city; only `exact` holds the space against it)."""
+    return value.strip() if isinstance(value, str) else value
+
+
 def _first_json_object(text: str):
     """The first JSON object in a text, also after prose or inside a code block."""
     decoder = json.JSONDecoder()
@@ -96,7 +102,7 @@ def judge(reply: str, reference: str, match: str) -> Verdict:
     got = _json_object(reply.strip())
     shape = got is not None and set(got) == set(want)
     found = _first_json_object(reply)
-    right = found is not None and all(found.get(k) == v for k, v in want.items())
+    right = found is not None and all(_field(found.get(k)) == _field(v) for k, v in want.items())
     return Verdict(right, shape, got == want)
 
 

@@ -50,7 +50,7 @@ class TrainConfig:
     # constant: in a short run a decay to 10% halves the mean rate, and the tuned model
     # ends further from where it could be (README, "Tuning quality").
     lr_schedule: str = _opt("constant", "after warmup: constant (stay at the peak), or "
-                            "linear / cosine decay to 10% of the peak at the last step",
+                            "linear / cosine decay to a tenth of the peak at the last step",
                             choices=("constant", "linear", "cosine"))
     warmup: float = _opt(0.05, "warmup: a fraction of the steps (<1) or a number of steps")
     weight_decay: float = _opt(0.0, "AdamW weight decay")

@@ -21,6 +21,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
     (REF, (True, True, True)),
     ('{"day": "Monday", "name": "Hugo Obi", "city": "Ghent"}', (True, True, True)),
     ('{"name": "Hugo Obi", "city": "Ghent", "day": "Sunday"}', (False, True, False)),
+    ('{"name": "Hugo Obi", "city": " Ghent", "day": "Monday"}', (True, True, False)),
     ('{"name": "Hugo Obi", "city": "Ghent", "day": "Monday", "time": "9"}', (True, False, False)),
     ('Sure! {"name": "Hugo", \n```json\n' + REF + '\n```', (True, False, False)),
     ('{"type": "json", "data": ' + REF + '}', (False, False, False)),
