@@ -75,30 +75,49 @@ def _mask_flags(parser):
 
 # -- data check ------------------------------------------------------------------------
 def cmd_data_check(args) -> int:
-    from mlxsft.data import load_splits
+    from mlxsft.data import DataOptions, load_splits, read_records
     from mlxsft.datacheck import check_split, record_json, render_record, render_summary
-    from mlxsft.masking import Masker
     from mlxsft.models import load_tokenizer
+    from mlxsft.prepare import build_masker
 
-    splits = load_splits(args.data, args.skip_invalid)
+    options = DataOptions.of(args)
+    splits = load_splits(args.data, args.skip_invalid, options)
+    held_out = (read_records(args.against, True, options.keys) if args.against
+                else None)
     tokenizer = load_tokenizer(args.model, args.trust_remote_code)
-    masker = Masker(tokenizer, args.mask, args.max_seq_len)
+    masker = build_masker(tokenizer, args)
     if not args.json:
         for warning in masker.warnings:
             print(f"mlxsft: warning: {warning}", file=sys.stderr)
     color = sys.stdout.isatty() if args.color is None else args.color
-    reports = [check_split(name, data, masker) for name, data in splits.items()]
+    reports = [check_split(name, data, masker, held_out if name == "train" else None)
+               for name, data in splits.items()]
     if args.json:
         for report in reports:
             for item in report.items:
                 print(json.dumps(record_json(item)))
         print(json.dumps({"summary": [r.summary() for r in reports],
                           "warnings": masker.warnings}))
-        return 0
+    else:
+        for report in reports:
+            print(render_summary(report))
+            for item in report.items[:args.show]:
+                print(render_record(item, tokenizer, color))
+    return _train_would_fail(reports, args.skip_invalid)
+
+
+def _train_would_fail(reports, skip_invalid: bool) -> int:
+    """1 (with the reason) where `train` on this data would stop, so the two agree."""
     for report in reports:
-        print(render_summary(report))
-        for item in report.items[:args.show]:
-            print(render_record(item, tokenizer, color))
+        if report.failed_masking and not skip_invalid:
+            print(f"mlxsft: error: train would stop at {report.failed_masking[0]} "
+                  f"({len(report.failed_masking)} such records; fix them or pass "
+                  "--skip-invalid)", file=sys.stderr)
+            return 1
+        if report.split == "train" and not report.supervised_tokens:
+            print(f"mlxsft: error: train would stop: {report.path} has no supervised tokens "
+                  "to train on; check --mask and --max-seq-len", file=sys.stderr)
+            return 1
     return 0
 
 
@@ -111,39 +130,60 @@ def cmd_train(args) -> int:
 
     resume_from = None
     if args.resume:
-        from mlxsft.train import latest_saved
+        from mlxsft.rundir import config_file, run_of
 
         if args.config:
             raise UserError("--resume takes its settings from RUN/config.yaml; drop --config "
                             "(flags still override, e.g. --iters)")
-        resume_from = latest_saved(args.resume)
-        args.out = args.resume
-        config = build_config(args, str(Path(args.resume) / "config.yaml"))
+        run_dir = run_of(args.resume)
+        resume_from, args.out = args.resume, str(run_dir)
+        config = build_config(args, str(config_file(run_dir)))
     else:
         config = build_config(args, args.config)
-    stop = {"requested": False}
-
-    def on_sigint(signum, frame):
-        if stop["requested"]:
-            raise KeyboardInterrupt
-        stop["requested"] = True
-        print("\nmlxsft: stopping after this step and saving the adapter "
-              "(Ctrl-C again to quit now)", file=sys.stderr)
-
-    previous = signal.signal(signal.SIGINT, on_sigint)
+    stop = {"signal": None}
     printer = ProgressPrinter()
-    status = 0
+
+    def say(text: str) -> None:
+        try:
+            print(text, file=sys.stderr, flush=True)
+        except OSError:
+            pass  # the terminal is gone (SIGHUP): keep training and saving regardless
+
+    def on_signal(signum, frame):
+        # Ctrl-C, `timeout`/`docker stop`/systemd (SIGTERM) and a closed terminal (SIGHUP)
+        # all stop the run the same way: finish the step, save, exit with a status.
+        if stop["signal"] is not None:
+            raise KeyboardInterrupt
+        stop["signal"] = signum
+        again = "Ctrl-C" if signum == signal.SIGINT else "send it"
+        say(f"\nmlxsft: {signal.Signals(signum).name}: stopping after this step and saving "
+            f"the adapter ({again} again to quit now)")
+
+    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {s: signal.signal(s, on_signal) for s in handled}
+    status, finished = 0, None
     try:
-        for event in train(config, should_stop=lambda: stop["requested"],
-                           resume_from=resume_from):
-            printer(event)
+        for event in train(config, should_stop=lambda: stop["signal"] is not None,
+                           resume_from=resume_from, allow_data_change=args.allow_data_change):
+            try:
+                printer(event)
+            except OSError:
+                printer = lambda event: None  # noqa: E731 - no terminal left to print to
             if isinstance(event, ev.Failed):
                 status = 1
+            if isinstance(event, ev.Finished):
+                finished = event
     finally:
-        signal.signal(signal.SIGINT, previous)
-    # Stopped by Ctrl-C: the adapter is saved, but a script's `train && fuse` should not
-    # go on as if the run had finished.
-    return status or (130 if stop["requested"] else 0)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if stop["signal"] is None or status:
+        return status
+    # Stopped by a signal: the adapter is saved, but a script's `train && fuse` should not
+    # go on as if the run had finished; 128 + the signal, as a shell reports it.
+    if finished is not None:
+        say(f"mlxsft: stopped by {signal.Signals(stop['signal']).name} at step "
+            f"{finished.step}; `mlxsft train --resume {finished.adapter_dir}` continues")
+    return 128 + stop["signal"]
 
 
 # -- eval ------------------------------------------------------------------------------
@@ -237,7 +277,7 @@ def cmd_tui(args) -> int:
     # what can only go wrong later (loading the model) is shown in the app.
     if args.run and not Path(args.run).is_dir():
         raise UserError(f"--run {args.run}: no such run directory; pass the directory "
-                        "`mlxsft train --out` wrote (it holds metrics.jsonl)")
+                        "`mlxsft train --out` wrote")
     if args.data and not Path(args.data).exists():
         raise UserError(f"{args.data}: no such file or directory; pass a .jsonl file or a "
                         "directory with train.jsonl")
@@ -249,7 +289,7 @@ def cmd_tui(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mlxsft.config import add_arguments
+    from mlxsft.config import DATA_FIELDS, add_arguments
 
     parser = _Parser(
         prog="mlxsft", description="Local instruction tuning (SFT) on MLX: response-only "
@@ -263,17 +303,22 @@ def build_parser() -> argparse.ArgumentParser:
                        "run.yaml (keys are the option names); flags override the file.")
     p.add_argument("--config", help="YAML file of options (flags given here override it)")
     p.add_argument("--resume", metavar="RUN", help="continue a stopped run in RUN from its last "
-                   "saved adapter and optimizer state (pass --iters to extend it)")
+                   "saved adapter and optimizer state (pass --iters to extend it), or from an "
+                   "older checkpoint: --resume RUN/checkpoints/step-N")
+    p.add_argument("--allow-data-change", action="store_true", help="with --resume: continue "
+                   "even though the data files changed since the checkpoint (their SHA-256 "
+                   "differs)")
     add_arguments(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("data", help="inspect training data")
+    p = sub.add_parser("data", help="inspect and curate training data")
     data_sub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
     c = data_sub.add_parser("check", help="lint a dataset and show its loss masks",
                             description="Tokenize DATA with the model's chat template exactly "
                             "as training will, and report formats, lengths, supervised share, "
                             "truncation, duplicates and other problems.")
-    c.add_argument("data", help="a .jsonl file or a directory with train.jsonl / valid.jsonl")
+    c.add_argument("data", help="a .jsonl/.json/.parquet file, a directory with train.jsonl / "
+                   "valid.jsonl, or a Hugging Face dataset id (org/name, org/name:split)")
     _model_flag(c)
     _mask_flags(c)
     c.add_argument("--show", type=_int_at_least(0), default=0, metavar="N",
@@ -282,7 +327,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one JSON object per record (line, tokens, loss_mask) and a summary")
     c.add_argument("--color", action=argparse.BooleanOptionalAction, default=None,
                    help="colour for --show (default: when writing to a terminal)")
+    c.add_argument("--against", metavar="HELD_OUT", default=None,
+                   help="also report training records that (nearly) repeat a record of this "
+                   "held-out file (leakage)")
+    add_arguments(c, only=DATA_FIELDS)
     c.set_defaults(func=cmd_data_check)
+    from mlxsft.datacli import add_curation_parsers
+
+    add_curation_parsers(data_sub)
 
     p = sub.add_parser("eval", help="response-only loss of a model (with an adapter) on data",
                        description="Mean NLL and perplexity over supervised tokens only, "

@@ -67,15 +67,19 @@ def evaluate_data(data: str, model: str | None = None, adapter: str | None = Non
     with `answers`, also generate replies to that many held-out records and judge them
     (`mlxsft.answers`)."""
     from mlxsft.adapters import load_for_inference
+    from mlxsft.checkpoints import read_adapter_config
     from mlxsft.data import load_splits
     from mlxsft.errors import UserError
     from mlxsft.masking import Masker, encode_records
+    from mlxsft.templates import TemplateChoice
 
     loaded = loaded or load_for_inference(model, adapter)
     splits = load_splits(data, skip_invalid)
     # A data directory is evaluated on its held-out split when it has one.
     split = splits.get("valid") or splits.get("test") or splits["train"]
-    masker = Masker(loaded.tokenizer, mask, max_seq_len)
+    # An adapter trained with --thinking strip-history/off is evaluated on the same text.
+    thinking = read_adapter_config(adapter).get("thinking", "keep") if adapter else "keep"
+    masker = Masker(loaded.tokenizer, mask, max_seq_len, TemplateChoice(thinking=thinking))
     encoded = encode_records(masker, split.records, skip_invalid)
     if not encoded.items:
         raise UserError(f"{split.path}: no record has supervised tokens to evaluate")
@@ -83,6 +87,10 @@ def evaluate_data(data: str, model: str | None = None, adapter: str | None = Non
     pad = tok.pad_token_id if getattr(tok, "pad_token_id", None) is not None else 0
     loaded.model.eval()
     loss, n = mean_nll(loaded.model, encoded.items, batch_size, max_seq_len, pad)
+    if not math.isfinite(loss):
+        what = f"{loaded.source} + {adapter}" if adapter else loaded.source
+        raise UserError(f"{split.path}: the loss of {what} is {loss} (non-finite): the model "
+                        "produces NaN or infinite logits on this data; check its weights")
     result = EvalResult(split.path, loaded.source, adapter, len(encoded.items), n, loss)
     if answers:
         from mlxsft.answers import score_answers
