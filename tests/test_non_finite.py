@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
+from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
 from mlxsft.cli import main
@@ -32,11 +33,14 @@ def nan_adapter(adapter, tmp_path):
     broken = tmp_path / "nan-adapter"
     shutil.copytree(adapter, broken)
     weights = load_file(str(broken / "adapters.safetensors"))
+    # Keep the save id and step: the file must look like a whole save, only diverged.
+    with safe_open(str(broken / "adapters.safetensors"), "np") as f:
+        metadata = f.metadata()
     name = sorted(k for k in weights if k.endswith("lora_b"))[0]
     weights[name] = weights[name].copy()
     weights[name].flat[3] = np.nan
     weights[name].flat[5] = np.inf
-    save_file(weights, str(broken / "adapters.safetensors"))
+    save_file(weights, str(broken / "adapters.safetensors"), metadata=metadata)
     return broken, name
 
 
