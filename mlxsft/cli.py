@@ -19,6 +19,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 from mlxsft import __version__  # noqa: E402  (also loads the BLAS before mlx)
+from mlxsft.answers import MATCHES  # noqa: E402
 from mlxsft.errors import UserError  # noqa: E402
 from mlxsft.models import DEFAULT_MODEL  # noqa: E402
 
@@ -207,7 +208,8 @@ def cmd_eval(args) -> int:
     from mlxsft.evaluate import evaluate_data
 
     result = evaluate_data(args.data, args.model, args.adapter, args.mask, args.max_seq_len,
-                           args.batch_size, args.skip_invalid)
+                           args.batch_size, args.skip_invalid, answers=args.answers,
+                           match=args.match)
     if args.json:
         print(json.dumps(result.to_json()))
     else:
@@ -215,6 +217,12 @@ def cmd_eval(args) -> int:
         print(f"{label} on {result.data}: loss {result.loss:.4f} nats/token, perplexity "
               f"{result.perplexity:.2f} ({result.supervised_tokens} supervised tokens in "
               f"{result.records} records)")
+        if result.answers is not None:
+            print(result.answers.summary())
+            for example in result.answers.examples[:args.show]:
+                marks = ", ".join(f"{k.replace('_', ' ')}: {'yes' if example[k] else 'no'}"
+                                  for k in ("right", "in_shape", "exact"))
+                print(f"  >>> {example['prompt']!r}\n      {example['reply']!r}  ({marks})")
     return 0
 
 
@@ -369,6 +377,15 @@ def build_parser() -> argparse.ArgumentParser:
     _mask_flags(p)
     p.add_argument("--batch-size", type=_int_at_least(1), default=4,
                    help="records per forward pass (default: 4)")
+    p.add_argument("--answers", type=_int_at_least(0), default=0, metavar="N",
+                   help="also generate replies (greedy) to the first N held-out records and "
+                   "count how many are right and in the reference's shape (default: 0)")
+    p.add_argument("--match", choices=MATCHES, default="exact",
+                   help="how --answers judges a reply: exact (the reference text; shape: its "
+                   "labelled lines) or json (the reply's first JSON object has the reference's "
+                   "values; shape: the reply is one JSON object with its keys) (default: exact)")
+    p.add_argument("--show", type=_int_at_least(0), default=0, metavar="K",
+                   help="print the first K judged replies of --answers")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_eval)
 

@@ -55,8 +55,11 @@ class TrainConfig:
     beta1: float = _opt(0.9, "first-moment decay (adamw, adam, lion)")
     beta2: float = _opt(0.999, "second-moment decay (adamw, adam, lion: 0.99 is usual for lion)")
     momentum: float = _opt(0.0, "momentum (sgd; muon uses 0.95 when 0)")
-    lr_schedule: str = _opt("cosine", "learning-rate decay after warmup",
-                            choices=("cosine", "linear", "constant"))
+    # constant: in a short run a decay to 10% halves the mean rate, and the tuned model
+    # ends further from where it could be (README, "Tuning quality").
+    lr_schedule: str = _opt("constant", "after warmup: constant (stay at the peak), or "
+                            "linear / cosine decay to a tenth of the peak at the last step",
+                            choices=("constant", "linear", "cosine"))
     warmup: float = _opt(0.05, "warmup: a fraction of the steps (<1) or a number of steps")
     weight_decay: float = _opt(0.0, "AdamW weight decay")
     grad_clip: float = _opt(1.0, "clip the global gradient norm to this (0: off)")

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from mlxsft.masking import Tokenized
+
+if TYPE_CHECKING:
+    from mlxsft.answers import AnswerScore
 
 
 def mean_nll(model, items: Sequence[Tokenized], batch_size: int, max_seq_len: int,
@@ -41,21 +44,28 @@ class EvalResult:
     records: int
     supervised_tokens: int
     loss: float
+    answers: AnswerScore | None = None  # generated replies judged, with --answers
 
     @property
     def perplexity(self) -> float:
         return math.exp(self.loss) if self.loss < 700 else float("inf")
 
     def to_json(self) -> dict:
-        return {"data": self.data, "model": self.model, "adapter": self.adapter,
-                "records": self.records, "supervised_tokens": self.supervised_tokens,
-                "loss": self.loss, "perplexity": self.perplexity}
+        out = {"data": self.data, "model": self.model, "adapter": self.adapter,
+               "records": self.records, "supervised_tokens": self.supervised_tokens,
+               "loss": self.loss, "perplexity": self.perplexity}
+        if self.answers is not None:
+            out["answers"] = self.answers.to_json()
+        return out
 
 
 def evaluate_data(data: str, model: str | None = None, adapter: str | None = None,
                   mask: str = "assistant", max_seq_len: int = 1024, batch_size: int = 4,
-                  skip_invalid: bool = False, loaded=None) -> EvalResult:
-    """Load the model (+ adapter), mask the data as training does, and average the NLL."""
+                  skip_invalid: bool = False, loaded=None, answers: int = 0,
+                  match: str = "exact") -> EvalResult:
+    """Load the model (+ adapter), mask the data as training does, and average the NLL;
+    with `answers`, also generate replies to that many held-out records and judge them
+    (`mlxsft.answers`)."""
     from mlxsft.adapters import load_for_inference
     from mlxsft.checkpoints import read_adapter_config
     from mlxsft.data import load_splits
@@ -81,4 +91,15 @@ def evaluate_data(data: str, model: str | None = None, adapter: str | None = Non
         what = f"{loaded.source} + {adapter}" if adapter else loaded.source
         raise UserError(f"{split.path}: the loss of {what} is {loss} (non-finite): the model "
                         "produces NaN or infinite logits on this data; check its weights")
-    return EvalResult(split.path, loaded.source, adapter, len(encoded.items), n, loss)
+    result = EvalResult(split.path, loaded.source, adapter, len(encoded.items), n, loss)
+    if answers:
+        from mlxsft.answers import score_answers
+
+        try:
+            result.answers = score_answers(loaded, split.records, match, answers)
+        except ValueError as e:
+            raise UserError(f"{split.path}: {e}") from None
+        if not result.answers.answered:
+            raise UserError(f"{split.path}: --answers needs records that end with an "
+                            "assistant turn (the reference answer)")
+    return result

@@ -31,23 +31,40 @@ from mlxsft.optimizers import build_optimizer, optimizer_record
 from mlxsft.trackers import check_trackers, open_trackers
 
 
+def warmup_steps(config: TrainConfig, total_steps: int) -> int:
+    """`--warmup` as a number of steps: a fraction (<1) of the run, else a count; always
+    leaves at least one step after it."""
+    warmup = int(config.warmup * total_steps) if config.warmup < 1 else int(config.warmup)
+    return min(warmup, max(total_steps - 1, 0))
+
+
 def learning_rate_schedule(config: TrainConfig, total_steps: int):
+    """The learning rate of optimizer step s (0-based), as an MLX array.
+
+    Warmup: the first W steps ramp linearly up to the peak (step s uses peak * (s+1) / W).
+    Then `constant` stays at the peak, and `linear` / `cosine` decay from the peak at step
+    W to 10% of it at the last step (total_steps - 1).
+    """
+    import mlx.core as mx
     import mlx.optimizers as optim
 
-    warmup = int(config.warmup * total_steps) if config.warmup < 1 else int(config.warmup)
-    warmup = min(warmup, max(total_steps - 1, 0))
+    warmup = warmup_steps(config, total_steps)
     peak = config.learning_rate
-    decay_steps = max(total_steps - warmup, 1)
+    # Step W is the peak and the last step the end: W .. total-1 spans total-1-W intervals.
+    decay_steps = max(total_steps - 1 - warmup, 1)
     if config.lr_schedule == "cosine":
         decay = optim.cosine_decay(peak, decay_steps, end=peak * 0.1)
     elif config.lr_schedule == "linear":
         decay = optim.linear_schedule(peak, peak * 0.1, decay_steps)
     else:
-        decay = lambda step: peak  # noqa: E731
+        def decay(step):
+            # MLX's optimizers call `.astype` on the scheduled value, so a float crashes
+            # there; made here, not captured, because the compiled step traces this call.
+            return mx.array(peak, dtype=mx.float32)
     if warmup == 0:
         return decay
-    return optim.join_schedules([optim.linear_schedule(peak / warmup, peak, warmup), decay],
-                                [warmup])
+    ramp = optim.linear_schedule(peak / warmup, peak, warmup - 1) if warmup > 1 else decay
+    return optim.join_schedules([ramp, decay], [warmup])
 
 
 def _checkpointed(layer) -> None:
