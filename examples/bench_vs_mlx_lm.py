@@ -25,6 +25,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from need_mlxsft import require_mlxsft
+
+require_mlxsft(__file__)
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 

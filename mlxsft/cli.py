@@ -19,6 +19,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 from mlxsft import __version__  # noqa: E402  (also loads the BLAS before mlx)
+from mlxsft.answers import MATCHES  # noqa: E402
 from mlxsft.errors import UserError  # noqa: E402
 from mlxsft.models import DEFAULT_MODEL  # noqa: E402
 
@@ -74,30 +75,49 @@ def _mask_flags(parser):
 
 # -- data check ------------------------------------------------------------------------
 def cmd_data_check(args) -> int:
-    from mlxsft.data import load_splits
+    from mlxsft.data import DataOptions, load_splits, read_records
     from mlxsft.datacheck import check_split, record_json, render_record, render_summary
-    from mlxsft.masking import Masker
     from mlxsft.models import load_tokenizer
+    from mlxsft.prepare import build_masker
 
-    splits = load_splits(args.data, args.skip_invalid)
+    options = DataOptions.of(args)
+    splits = load_splits(args.data, args.skip_invalid, options)
+    held_out = (read_records(args.against, True, options.keys) if args.against
+                else None)
     tokenizer = load_tokenizer(args.model, args.trust_remote_code)
-    masker = Masker(tokenizer, args.mask, args.max_seq_len)
+    masker = build_masker(tokenizer, args)
     if not args.json:
         for warning in masker.warnings:
             print(f"mlxsft: warning: {warning}", file=sys.stderr)
     color = sys.stdout.isatty() if args.color is None else args.color
-    reports = [check_split(name, data, masker) for name, data in splits.items()]
+    reports = [check_split(name, data, masker, held_out if name == "train" else None)
+               for name, data in splits.items()]
     if args.json:
         for report in reports:
             for item in report.items:
                 print(json.dumps(record_json(item)))
         print(json.dumps({"summary": [r.summary() for r in reports],
                           "warnings": masker.warnings}))
-        return 0
+    else:
+        for report in reports:
+            print(render_summary(report))
+            for item in report.items[:args.show]:
+                print(render_record(item, tokenizer, color))
+    return _train_would_fail(reports, args.skip_invalid)
+
+
+def _train_would_fail(reports, skip_invalid: bool) -> int:
+    """1 (with the reason) where `train` on this data would stop, so the two agree."""
     for report in reports:
-        print(render_summary(report))
-        for item in report.items[:args.show]:
-            print(render_record(item, tokenizer, color))
+        if report.failed_masking and not skip_invalid:
+            print(f"mlxsft: error: train would stop at {report.failed_masking[0]} "
+                  f"({len(report.failed_masking)} such records; fix them or pass "
+                  "--skip-invalid)", file=sys.stderr)
+            return 1
+        if report.split == "train" and not report.supervised_tokens:
+            print(f"mlxsft: error: train would stop: {report.path} has no supervised tokens "
+                  "to train on; check --mask and --max-seq-len", file=sys.stderr)
+            return 1
     return 0
 
 
@@ -110,39 +130,77 @@ def cmd_train(args) -> int:
 
     resume_from = None
     if args.resume:
-        from mlxsft.train import latest_saved
+        from mlxsft.rundir import config_file, run_of
 
         if args.config:
             raise UserError("--resume takes its settings from RUN/config.yaml; drop --config "
                             "(flags still override, e.g. --iters)")
-        resume_from = latest_saved(args.resume)
-        args.out = args.resume
-        config = build_config(args, str(Path(args.resume) / "config.yaml"))
+        run_dir = run_of(args.resume)
+        resume_from, args.out = args.resume, str(run_dir)
+        config = build_config(args, str(config_file(run_dir)))
     else:
         config = build_config(args, args.config)
-    stop = {"requested": False}
-
-    def on_sigint(signum, frame):
-        if stop["requested"]:
-            raise KeyboardInterrupt
-        stop["requested"] = True
-        print("\nmlxsft: stopping after this step and saving the adapter "
-              "(Ctrl-C again to quit now)", file=sys.stderr)
-
-    previous = signal.signal(signal.SIGINT, on_sigint)
+    stop = {"signal": None}
     printer = ProgressPrinter()
-    status = 0
+
+    def say(text: str) -> None:
+        try:
+            print(text, file=sys.stderr, flush=True)
+        except OSError:
+            pass  # the terminal is gone (SIGHUP): keep training and saving regardless
+
+    def on_signal(signum, frame):
+        # Ctrl-C, `timeout`/`docker stop`/systemd (SIGTERM) and a closed terminal (SIGHUP)
+        # all stop the run the same way: finish the step, save, exit with a status.
+        if stop["signal"] is not None:
+            raise KeyboardInterrupt
+        stop["signal"] = signum
+        again = "Ctrl-C" if signum == signal.SIGINT else "send it"
+        say(f"\nmlxsft: {signal.Signals(signum).name}: stopping after this step and saving "
+            f"the adapter ({again} again to quit now)")
+
+    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {s: signal.signal(s, on_signal) for s in handled}
+    keep_awake()
+    status, finished = 0, None
     try:
-        for event in train(config, should_stop=lambda: stop["requested"],
-                           resume_from=resume_from):
-            printer(event)
+        for event in train(config, should_stop=lambda: stop["signal"] is not None,
+                           resume_from=resume_from, allow_data_change=args.allow_data_change):
+            try:
+                printer(event)
+            except OSError:
+                printer = lambda event: None  # noqa: E731 - no terminal left to print to
             if isinstance(event, ev.Failed):
                 status = 1
+            if isinstance(event, ev.Finished):
+                finished = event
     finally:
-        signal.signal(signal.SIGINT, previous)
-    # Stopped by Ctrl-C: the adapter is saved, but a script's `train && fuse` should not
-    # go on as if the run had finished.
-    return status or (130 if stop["requested"] else 0)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if stop["signal"] is None or status:
+        return status
+    # Stopped by a signal: the adapter is saved, but a script's `train && fuse` should not
+    # go on as if the run had finished; 128 + the signal, as a shell reports it.
+    if finished is not None:
+        say(f"mlxsft: stopped by {signal.Signals(stop['signal']).name} at step "
+            f"{finished.step}; `mlxsft train --resume {finished.adapter_dir}` continues")
+    return 128 + stop["signal"]
+
+
+def keep_awake():
+    """On macOS, keep the machine from idle sleep while this process trains (`caffeinate
+    -i -w PID` ends by itself when the process does); elsewhere nothing. Returns the
+    caffeinate process, or None."""
+    import shutil
+    import subprocess
+
+    if sys.platform != "darwin" or not (caffeinate := shutil.which("caffeinate")):
+        return None
+    try:
+        return subprocess.Popen([caffeinate, "-i", "-w", str(os.getpid())],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except OSError:
+        return None  # sleeping is a nuisance, not a reason to refuse to train
 
 
 # -- eval ------------------------------------------------------------------------------
@@ -150,7 +208,8 @@ def cmd_eval(args) -> int:
     from mlxsft.evaluate import evaluate_data
 
     result = evaluate_data(args.data, args.model, args.adapter, args.mask, args.max_seq_len,
-                           args.batch_size, args.skip_invalid)
+                           args.batch_size, args.skip_invalid, answers=args.answers,
+                           match=args.match)
     if args.json:
         print(json.dumps(result.to_json()))
     else:
@@ -158,6 +217,12 @@ def cmd_eval(args) -> int:
         print(f"{label} on {result.data}: loss {result.loss:.4f} nats/token, perplexity "
               f"{result.perplexity:.2f} ({result.supervised_tokens} supervised tokens in "
               f"{result.records} records)")
+        if result.answers is not None:
+            print(result.answers.summary())
+            for example in result.answers.examples[:args.show]:
+                marks = ", ".join(f"{k.replace('_', ' ')}: {'yes' if example[k] else 'no'}"
+                                  for k in ("right", "in_shape", "exact"))
+                print(f"  >>> {example['prompt']!r}\n      {example['reply']!r}  ({marks})")
     return 0
 
 
@@ -230,6 +295,19 @@ def cmd_bench(args) -> int:
 
 
 # -- env -------------------------------------------------------------------------------
+def cmd_compare(args) -> int:
+    import json
+
+    from mlxsft.compare import compare, render, to_json
+    from mlxsft.rundir import check_run_dir
+
+    run_dir = check_run_dir(args.run)
+    table = compare(run_dir, args.prompts, args.include, args.limit, args.max_tokens,
+                    progress=None if args.json else lambda m: print(m, file=sys.stderr))
+    print(json.dumps(to_json(table), indent=2) if args.json else render(table))
+    return 0
+
+
 def cmd_env(args) -> int:
     from mlxsft import doctor
 
@@ -247,7 +325,7 @@ def cmd_tui(args) -> int:
     # what can only go wrong later (loading the model) is shown in the app.
     if args.run and not Path(args.run).is_dir():
         raise UserError(f"--run {args.run}: no such run directory; pass the directory "
-                        "`mlxsft train --out` wrote (it holds metrics.jsonl)")
+                        "`mlxsft train --out` wrote")
     if args.data and not Path(args.data).exists():
         raise UserError(f"{args.data}: no such file or directory; pass a .jsonl file or a "
                         "directory with train.jsonl")
@@ -259,7 +337,7 @@ def cmd_tui(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mlxsft.config import add_arguments
+    from mlxsft.config import DATA_FIELDS, add_arguments
 
     parser = _Parser(
         prog="mlxsft", description="Local instruction tuning (SFT) on MLX: response-only "
@@ -273,17 +351,22 @@ def build_parser() -> argparse.ArgumentParser:
                        "run.yaml (keys are the option names); flags override the file.")
     p.add_argument("--config", help="YAML file of options (flags given here override it)")
     p.add_argument("--resume", metavar="RUN", help="continue a stopped run in RUN from its last "
-                   "saved adapter and optimizer state (pass --iters to extend it)")
+                   "saved adapter and optimizer state (pass --iters to extend it), or from an "
+                   "older checkpoint: --resume RUN/checkpoints/step-N")
+    p.add_argument("--allow-data-change", action="store_true", help="with --resume: continue "
+                   "even though the data files changed since the checkpoint (their SHA-256 "
+                   "differs)")
     add_arguments(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("data", help="inspect training data")
+    p = sub.add_parser("data", help="inspect and curate training data")
     data_sub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
     c = data_sub.add_parser("check", help="lint a dataset and show its loss masks",
                             description="Tokenize DATA with the model's chat template exactly "
                             "as training will, and report formats, lengths, supervised share, "
                             "truncation, duplicates and other problems.")
-    c.add_argument("data", help="a .jsonl file or a directory with train.jsonl / valid.jsonl")
+    c.add_argument("data", help="a .jsonl/.json/.parquet file, a directory with train.jsonl / "
+                   "valid.jsonl, or a Hugging Face dataset id (org/name, org/name:split)")
     _model_flag(c)
     _mask_flags(c)
     c.add_argument("--show", type=_int_at_least(0), default=0, metavar="N",
@@ -292,7 +375,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one JSON object per record (line, tokens, loss_mask) and a summary")
     c.add_argument("--color", action=argparse.BooleanOptionalAction, default=None,
                    help="colour for --show (default: when writing to a terminal)")
+    c.add_argument("--against", metavar="HELD_OUT", default=None,
+                   help="also report training records that (nearly) repeat a record of this "
+                   "held-out file (leakage)")
+    add_arguments(c, only=DATA_FIELDS)
     c.set_defaults(func=cmd_data_check)
+    from mlxsft.datacli import add_curation_parsers
+
+    add_curation_parsers(data_sub)
 
     p = sub.add_parser("eval", help="response-only loss of a model (with an adapter) on data",
                        description="Mean NLL and perplexity over supervised tokens only, "
@@ -305,6 +395,15 @@ def build_parser() -> argparse.ArgumentParser:
     _mask_flags(p)
     p.add_argument("--batch-size", type=_int_at_least(1), default=4,
                    help="records per forward pass (default: 4)")
+    p.add_argument("--answers", type=_int_at_least(0), default=0, metavar="N",
+                   help="also generate replies (greedy) to the first N held-out records and "
+                   "count how many are right and in the reference's shape (default: 0)")
+    p.add_argument("--match", choices=MATCHES, default="exact",
+                   help="how --answers judges a reply: exact (the reference text; shape: its "
+                   "labelled lines) or json (the reply's first JSON object has the reference's "
+                   "values; shape: the reply is one JSON object with its keys) (default: exact)")
+    p.add_argument("--show", type=_int_at_least(0), default=0, metavar="K",
+                   help="print the first K judged replies of --answers")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_eval)
 
@@ -413,6 +512,25 @@ def build_parser() -> argparse.ArgumentParser:
                    "synthetic tokens")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("compare", help="answer held-out prompts with the base, every checkpoint "
+                       "and exports, and score them",
+                       description="Which checkpoint behaves best, and did tuning break "
+                       "anything? Answers a probe set (greedy) with the base, every adapter "
+                       "the run saved and each --include model, and prints each answer and, "
+                       "per model, the loss of the reference answers, exact matches, answers "
+                       "that ended with the end-of-turn token, mean length and JSON parses.")
+    p.add_argument("run", metavar="RUN", help="a run directory (the --out of mlxsft train)")
+    p.add_argument("--prompts", default=None, metavar="FILE", help="a .jsonl of prompts with "
+                   "reference answers (default: the run's validation data)")
+    p.add_argument("--include", nargs="+", default=[], metavar="PATH", help="also a fused "
+                   "model directory or .gguf file")
+    p.add_argument("--limit", type=_int_at_least(1), default=8, help="prompts to answer "
+                   "(default: 8)")
+    p.add_argument("--max-tokens", type=_int_at_least(1), default=64,
+                   help="longest answer, in tokens (default: 64)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("env", help="this machine: MLX, BLAS, threads, the default model",
                        description="Report versions, MLX's device, whether the optimized BLAS "

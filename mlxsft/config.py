@@ -18,11 +18,13 @@ from typing import Any
 from mlxsft.errors import UserError
 from mlxsft.masking import MASK_MODES
 from mlxsft.models import DEFAULT_MODEL
+from mlxsft.optimizers import OPTIMIZERS
+from mlxsft.templates import THINKING_MODES
 
 
-def _opt(default, help: str, choices=None, positional=False):
+def _opt(default, help: str, choices=None, positional=False, repeatable=False):
     return field(default=default, metadata={"help": help, "choices": choices,
-                                            "positional": positional})
+                                            "positional": positional, "repeatable": repeatable})
 
 
 @dataclass
@@ -34,8 +36,9 @@ class TrainConfig:
                       f"file, or the alias {DEFAULT_MODEL} (the embedded default)")
     out: str | None = _opt(None, "run directory for adapters, checkpoints and metrics "
                            "(default: runs/<date>-<time>)")
-    fine_tune: str = _opt("lora", "lora (adapters on a frozen base) or full (all weights; "
-                          "small models only)", choices=("lora", "full"))
+    fine_tune: str = _opt("lora", "lora (adapters on a frozen base), dora (LoRA with a learned "
+                          "per-row magnitude) or full (all weights; small models only)",
+                          choices=("lora", "dora", "full"))
     mask: str = _opt("assistant", "what carries loss: assistant (every assistant turn and its "
                      "end-of-turn token), last (the final assistant turn), all (every token)",
                      choices=MASK_MODES)
@@ -46,9 +49,17 @@ class TrainConfig:
                            "supervised tokens of the accumulated batch")
     iters: int | None = _opt(None, "optimizer steps to train (overrides --epochs)")
     epochs: float = _opt(1.0, "passes over the training data when --iters is not given")
-    learning_rate: float = _opt(1e-4, "peak learning rate (AdamW)")
-    lr_schedule: str = _opt("cosine", "learning-rate decay after warmup",
-                            choices=("cosine", "linear", "constant"))
+    learning_rate: float = _opt(1e-4, "peak learning rate")
+    optimizer: str = _opt("adamw", "optimizer from mlx.optimizers (muon: Muon for weight "
+                          "matrices, AdamW for the rest)", choices=OPTIMIZERS)
+    beta1: float = _opt(0.9, "first-moment decay (adamw, adam, lion)")
+    beta2: float = _opt(0.999, "second-moment decay (adamw, adam, lion: 0.99 is usual for lion)")
+    momentum: float = _opt(0.0, "momentum (sgd; muon uses 0.95 when 0)")
+    # constant: in a short run a decay to 10% halves the mean rate, and the tuned model
+    # ends further from where it could be (README, "Tuning quality").
+    lr_schedule: str = _opt("constant", "after warmup: constant (stay at the peak), or "
+                            "linear / cosine decay to a tenth of the peak at the last step",
+                            choices=("constant", "linear", "cosine"))
     warmup: float = _opt(0.05, "warmup: a fraction of the steps (<1) or a number of steps")
     weight_decay: float = _opt(0.0, "AdamW weight decay")
     grad_clip: float = _opt(1.0, "clip the global gradient norm to this (0: off)")
@@ -56,6 +67,12 @@ class TrainConfig:
     lora_alpha: float = _opt(16.0, "LoRA alpha; the update is scaled by alpha / rank, as in "
                              "PEFT (rank 8, alpha 16: scale 2)")
     lora_dropout: float = _opt(0.0, "dropout on the LoRA input")
+    lora_scale: str = _opt("alpha", "LoRA scaling: alpha (alpha / rank) or rs (rsLoRA: "
+                           "alpha / sqrt(rank), steadier at high ranks)", choices=("alpha", "rs"))
+    lora_plus_ratio: float = _opt(0.0, "LoRA+: B's learning rate is this multiple of A's "
+                                  "(16 in the paper; 0: off)")
+    neftune_alpha: float = _opt(0.0, "NEFTune: noise of this size on the input embeddings "
+                                "while training (5 in the paper; 0: off)")
     lora_layers: int = _opt(-1, "apply LoRA to the last N transformer layers (-1: all)")
     lora_targets: list[str] | None = _opt(None, "module names to adapt, e.g. self_attn.q_proj "
                                           "mlp.down_proj (default: every linear projection "
@@ -71,12 +88,44 @@ class TrainConfig:
     steps_per_report: int = _opt(10, "report training loss every N steps")
     steps_per_eval: int = _opt(50, "validation loss every N steps (and at the end; 0: only "
                                "at the end)")
+    eval_every: float | None = _opt(None, "validation every N steps (N >= 1) or every fraction "
+                                    "of an epoch (0 < N < 1); overrides --steps-per-eval")
+    patience: int = _opt(0, "early stopping: stop after N evaluations without a lower "
+                         "validation loss, keeping the best adapter (0: off)")
     val_batches: int = _opt(-1, "validation batches per evaluation (-1: all)")
     steps_per_save: int = _opt(100, "save an adapter checkpoint every N steps (0: only at the "
                                "end)")
+    report_to: list[str] | None = _opt(None, "also log to trackers: tensorboard (event files in "
+                                       "RUN/tensorboard), wandb (respects WANDB_MODE=offline)")
+    sample_prompts: str | None = _opt(None, "a .jsonl of prompts answered at every evaluation "
+                                      "(default: the first --samples records of the "
+                                      "validation data)")
+    samples: int = _opt(3, "held-out prompts answered (greedy) at every evaluation (0: none)")
+    sample_max_tokens: int = _opt(64, "longest sample answer, in tokens")
     skip_invalid: bool = _opt(False, "train on the valid records and count the invalid ones, "
                               "instead of stopping at the first")
     trust_remote_code: bool = _opt(False, "allow a model that runs its own Python code")
+    # -- where the data comes from and how it renders (mlxsft.data, mlxsft.templates) --
+    data_split: str | None = _opt(None, "for a hub dataset DATA: train on this split "
+                                  "(train, validation, test); also DATA=org/name:split")
+    data_config: str | None = _opt(None, "for a hub dataset DATA: the config (subset) to read")
+    data_revision: str | None = _opt(None, "for a hub dataset DATA: a branch, tag or commit")
+    prompt_key: str | None = _opt(None, "column holding the prompt (with --response-key), for "
+                                  "tables in no known shape")
+    response_key: str | None = _opt(None, "column holding the response to train on")
+    messages_key: str | None = _opt(None, "column holding the conversation (a list of "
+                                    "role/content or from/value messages)")
+    chat_template: str | None = _opt(None, "render with this chat template instead of the "
+                                     "tokenizer's: a .jinja file, chatml, or a model id or "
+                                     "directory whose template to borrow (saved with the "
+                                     "adapter)")
+    template_kwarg: list[str] | None = _opt(None, "KEY=VALUE passed to the chat template, e.g. "
+                                            "enable_thinking=false (repeatable; saved with the "
+                                            "adapter)", repeatable=True)
+    thinking: str = _opt("keep", "reasoning blocks (<think>...</think>) of assistant turns: "
+                         "keep them, strip-history (drop them from all but the last turn, "
+                         "as thinking models see history), off (drop them all)",
+                         choices=THINKING_MODES)
 
     def resolved(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -95,10 +144,19 @@ def _hints(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls=TrainConfig) -> None:
-    """Add one flag per field; defaults stay None so YAML values are not overridden."""
+# The TrainConfig fields that say how data is read and rendered: `data check` and the
+# curation commands take the same flags, with the same help, from here.
+DATA_FIELDS = ("data_split", "data_config", "data_revision", "prompt_key", "response_key",
+               "messages_key", "chat_template", "template_kwarg", "thinking")
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls=TrainConfig, only=None) -> None:
+    """Add one flag per field (or per field named in `only`); defaults stay None so YAML
+    values are not overridden."""
     hints = _hints(cls)
     for f in dataclasses.fields(cls):
+        if only is not None and f.name not in only:
+            continue
         meta, tp = f.metadata, _base_type(hints[f.name])
         # `0 in (None, False)` is True: compare by identity so 0 and 0.0 are shown.
         default = (f"(default: {f.default})" if f.default is not None and f.default is not False
@@ -112,7 +170,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls=TrainConfig) -> None:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                                 help=help_text)
         elif typing.get_origin(tp) is list:
-            parser.add_argument(flag, nargs="+", default=None, help=help_text)
+            parser.add_argument(flag, nargs="+", default=None, help=help_text,
+                                action="extend" if meta.get("repeatable") else None)
         else:
             parser.add_argument(flag, type=tp, default=None, choices=meta.get("choices"),
                                 help=help_text)
@@ -166,6 +225,8 @@ def build_config(args: argparse.Namespace | dict, yaml_path: str | None = None,
     return config
 
 
+TRACKERS = ("tensorboard", "wandb")
+
 # (field, predicate, what it must be): checked after flags and YAML are merged, so a bad
 # value fails here, in one line, before a model is loaded or a run directory is made.
 _RULES = [
@@ -188,6 +249,18 @@ _RULES = [
     ("steps_per_eval", lambda v: v >= 0, "0 (only at the end) or more"),
     ("steps_per_save", lambda v: v >= 0, "0 (only at the end) or more"),
     ("val_batches", lambda v: v == -1 or v >= 1, "-1 (all) or at least 1"),
+    ("beta1", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("beta2", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("lora_plus_ratio", lambda v: math.isfinite(v) and v >= 0, "0 (off) or more, e.g. 16"),
+    ("neftune_alpha", lambda v: math.isfinite(v) and v >= 0, "0 (off) or more, e.g. 5"),
+    ("eval_every", lambda v: v is None or (math.isfinite(v) and v > 0 and (v < 1 or v == int(v))),
+     "a whole number of steps, or a fraction of an epoch between 0 and 1"),
+    ("patience", lambda v: v >= 0, "0 (off) or more evaluations"),
+    ("samples", lambda v: v >= 0, "0 (none) or more"),
+    ("sample_max_tokens", lambda v: v >= 1, "at least 1"),
+    ("report_to", lambda v: not v or all(t in TRACKERS for t in v),
+     f"among {', '.join(TRACKERS)}"),
 ]
 
 
@@ -208,6 +281,10 @@ def _coerce(f: dataclasses.Field, tp, value, source):
             if not isinstance(value, bool):
                 raise TypeError
         elif typing.get_origin(tp) is list:
+            if isinstance(value, dict):  # YAML `template_kwarg: {enable_thinking: false}`
+                import json
+
+                value = [f"{k}={json.dumps(v)}" for k, v in value.items()]
             value = [str(v) for v in (value if isinstance(value, list) else [value])]
         elif tp is float:
             value = float(value)

@@ -25,6 +25,16 @@ class Event:
 
 
 @dataclass
+class Setup(Event):
+    """A setup stage is starting (loading the model, tokenizing, compiling the step), so
+    a long silence before the first step report says what it is waiting for. Not
+    written to metrics.jsonl: it precedes the run's first line."""
+
+    stage: str  # "load", "tokenize" or "compile"
+    message: str
+
+
+@dataclass
 class RunStarted(Event):
     """The run is set up: model loaded, data tokenized, compiled step about to run."""
 
@@ -65,6 +75,16 @@ class EvalReport(Event):
 
 
 @dataclass
+class SampleAnswers(Event):
+    """Greedy answers to held-out prompts at an evaluation: what the loss does not show.
+    Each sample: prompt, answer, reference (or None), exact, ended (stopped at the
+    end-of-turn token), tokens."""
+
+    step: int
+    samples: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
 class CheckpointSaved(Event):
     step: int
     path: str
@@ -86,6 +106,9 @@ class Finished(Event):
     best_val_loss: float | None
     seconds: float
     stopped_early: bool = False
+    # Why the run ended before its last step: "" (it did not), "interrupted", or the
+    # early-stopping message naming the best adapter.
+    stop_reason: str = ""
 
 
 @dataclass
@@ -96,9 +119,11 @@ class Failed(Event):
 
 
 _KIND = {
+    Setup: "setup",
     RunStarted: "start",
     StepReport: "train",
     EvalReport: "eval",
+    SampleAnswers: "samples",
     CheckpointSaved: "checkpoint",
     Warning: "warning",
     Finished: "finished",

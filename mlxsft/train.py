@@ -13,50 +13,58 @@ equals one big batch.
 from __future__ import annotations
 
 import math
-import os
 import time
-from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator
 
 from mlxsft import __version__
 from mlxsft import events as ev
-from mlxsft.checkpoints import (
-    MetricsLog,
-    atomic_save_safetensors,
-    atomic_write_text,
-    save_adapter,
-)
+from mlxsft.checkpoints import file_sha256, read_adapter_config
 from mlxsft.config import TrainConfig
 from mlxsft.errors import UserError
 from mlxsft.prepare import prepare_data, read_data
+from mlxsft.provenance import public_data, public_name, public_template
+from mlxsft.rundir import (RunDir, changed_data, newest, read_checkpoint, resume_point,
+                           run_of, save_failure, saved_adapters, unit_bytes)
+from mlxsft.optimizers import build_optimizer, optimizer_record
+from mlxsft.trackers import check_trackers, open_trackers
 
 
-OPTIMIZER_STATE = "optimizer.safetensors"
+def warmup_steps(config: TrainConfig, total_steps: int) -> int:
+    """`--warmup` as a number of steps: a fraction (<1) of the run, else a count; always
+    leaves at least one step after it."""
+    warmup = int(config.warmup * total_steps) if config.warmup < 1 else int(config.warmup)
+    return min(warmup, max(total_steps - 1, 0))
 
 
 def learning_rate_schedule(config: TrainConfig, total_steps: int):
+    """The learning rate of optimizer step s (0-based), as an MLX array.
+
+    Warmup: the first W steps ramp linearly up to the peak (step s uses peak * (s+1) / W).
+    Then `constant` stays at the peak, and `linear` / `cosine` decay from the peak at step
+    W to 10% of it at the last step (total_steps - 1).
+    """
+    import mlx.core as mx
     import mlx.optimizers as optim
 
-    warmup = int(config.warmup * total_steps) if config.warmup < 1 else int(config.warmup)
-    warmup = min(warmup, max(total_steps - 1, 0))
+    warmup = warmup_steps(config, total_steps)
     peak = config.learning_rate
-    decay_steps = max(total_steps - warmup, 1)
+    # Step W is the peak and the last step the end: W .. total-1 spans total-1-W intervals.
+    decay_steps = max(total_steps - 1 - warmup, 1)
     if config.lr_schedule == "cosine":
         decay = optim.cosine_decay(peak, decay_steps, end=peak * 0.1)
     elif config.lr_schedule == "linear":
         decay = optim.linear_schedule(peak, peak * 0.1, decay_steps)
     else:
-        decay = lambda step: peak  # noqa: E731
+        def decay(step):
+            # MLX's optimizers call `.astype` on the scheduled value, so a float crashes
+            # there; made here, not captured, because the compiled step traces this call.
+            return mx.array(peak, dtype=mx.float32)
     if warmup == 0:
         return decay
-    return optim.join_schedules([optim.linear_schedule(peak / warmup, peak, warmup), decay],
-                                [warmup])
-
-
-def default_run_dir() -> Path:
-    return Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    ramp = optim.linear_schedule(peak / warmup, peak, warmup - 1) if warmup > 1 else decay
+    return optim.join_schedules([ramp, decay], [warmup])
 
 
 def _checkpointed(layer) -> None:
@@ -80,16 +88,22 @@ class Trainer:
     """Owns the model, optimizer and compiled step of one run; `run()` yields events."""
 
     def __init__(self, config: TrainConfig, loaded=None, should_stop: Callable[[], bool] | None = None,
-                 resume_from: str | Path | None = None):
+                 resume_from: str | Path | None = None, allow_data_change: bool = False):
         self.config = config
         self.loaded = loaded
         self.should_stop = should_stop or (lambda: False)
-        self.run_dir = Path(config.out) if config.out else default_run_dir()
-        # A saved adapter directory (with optimizer state) to continue from.
+        # RUN or RUN/checkpoints/step-N to continue from (adapter and optimizer state).
         self.resume_from = Path(resume_from) if resume_from else None
+        self.allow_data_change = allow_data_change
+        self.rundir: RunDir | None = None
+        # Set when claimed; a resumed run writes into the run its checkpoint belongs to.
+        self.run_dir = (run_of(resume_from) if resume_from else
+                        Path(config.out) if config.out else None)
 
     # -- setup -----------------------------------------------------------------------
-    def _setup(self) -> list[str]:
+    def _setup(self) -> Iterator[ev.Setup]:
+        """Claim the run directory, read the data, load the model, tokenize, prepare the
+        model; yields a `Setup` event before each slow stage."""
         import mlx.core as mx
 
         from mlxsft.models import load_model
@@ -97,49 +111,67 @@ class Trainer:
         config = self.config
         # Everything the user can get wrong that needs no model is checked first, so a typo
         # is reported in a second, not after loading a multi-gigabyte model.
-        self._check_run_dir()
+        resuming = self.resume_from is not None
+        self.rundir = RunDir.claim(self.run_dir, resume=resuming,
+                                   flag="--resume" if resuming else "--out")
+        self.run_dir = self.rundir.path
+        notes = []
+        if resuming:
+            notes += self.rundir.clean_leftovers()  # we hold the lock: nobody is writing
+            self.resume_point = resume_point(self.resume_from)
         splits = read_data(config)
+        self.probes = self._probes(splits)
+        check_trackers(config.report_to)
+        if resuming:
+            notes += self._check_data(splits)
         mx.random.seed(config.seed)
         if self.loaded is None:
+            yield ev.Setup("load", f"loading model {config.model}")
             self.loaded = load_model(config.model, quantize=config.quantize,
                                      trust_remote_code=config.trust_remote_code)
+        records = sum(len(splits[k].records) for k in ("train", "valid") if splits.get(k))
+        yield ev.Setup("tokenize", f"tokenizing {records} records")
         self.data = prepare_data(config, self.loaded.tokenizer, splits)
         self.prepare_model()
-        return self.loaded.notes + self.data.messages
+        self.messages = notes + self.loaded.notes + self.data.messages
 
-    def _check_run_dir(self) -> None:
-        run_dir = self.run_dir
-        if run_dir.exists() and not run_dir.is_dir():
-            raise UserError(f"--out {run_dir}: is a file; choose a new run directory")
-        if self.resume_from is None and run_dir.exists() and any(run_dir.iterdir()):
-            raise UserError(f"--out {run_dir}: already holds files; choose a new run "
-                            "directory so nothing is overwritten")
-        created = not run_dir.exists()
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise UserError(f"--out {run_dir}: cannot create it ({e.strerror}); choose a "
-                            "directory you can write to") from None
-        self._created_run_dir = created
-        if not os.access(run_dir, os.W_OK | os.X_OK):
-            raise UserError(f"--out {run_dir}: not writable; choose a directory you can "
-                            "write to")
+    def _probes(self, splits) -> list:
+        """The held-out prompts answered at every evaluation (`SampleAnswers`)."""
+        from mlxsft.probes import probes_from_records, read_probes
+
+        if not self.config.samples:
+            return []
+        if self.config.sample_prompts:
+            return read_probes(self.config.sample_prompts, self.config.samples)
+        valid = splits.get("valid")
+        return probes_from_records(valid.records, self.config.samples) if valid else []
+
+    def _check_data(self, splits: dict) -> list[str]:
+        """A resumed run must see the data its checkpoint was trained on (same order,
+        same records); a changed file is refused unless allowed."""
+        recorded = read_adapter_config(self.resume_point.path).get("data")
+        # A hub split has its bytes in the cache (local_path); a streamed one has none.
+        files = {k: Path(splits[k].local_path) for k in ("train", "valid")
+                 if splits.get(k) and splits[k].local_path}
+        changed = changed_data(recorded, files, file_sha256)
+        if changed and not self.allow_data_change:
+            raise UserError(f"--resume {self.run_dir}: {changed[0]}; restore it, or pass "
+                            "--allow-data-change to continue on the new data")
+        return [f"continuing on changed data: {line}" for line in changed]
 
     def _write_config(self) -> None:
         """RUN/config.yaml, with local paths made absolute so --resume works from any
         directory; written only once the run is about to start."""
-        import yaml
-
         resolved = self.config.resolved() | {"out": str(self.run_dir)}
         for key in ("data", "valid", "model"):
             value = resolved.get(key)
             if value and Path(value).expanduser().exists():
                 resolved[key] = str(Path(value).expanduser().resolve())
-        atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+        self.rundir.write_config(resolved)
 
     def prepare_model(self) -> None:
         """Compute precision, LoRA (or unfreeze for full), gradient checkpointing."""
-        from mlxsft.lora import apply_lora, count_parameters, lora_spec
+        from mlxsft.lora import apply_lora, apply_neftune, count_parameters, lora_spec
         from mlxsft.models import to_compute_precision
 
         config = self.config
@@ -153,63 +185,88 @@ class Trainer:
             self.lora = None
         else:
             self.lora = lora_spec(model, config.lora_rank, config.lora_alpha, config.lora_dropout,
-                                  config.lora_layers, config.lora_targets)
+                                  config.lora_layers, config.lora_targets, config.lora_scale,
+                                  dora=config.fine_tune == "dora")
             apply_lora(model, self.lora)
+        apply_neftune(model, config.neftune_alpha)
         if config.grad_checkpoint:
             for layer in model.layers:
                 _checkpointed(layer)
         self.trainable, self.total = count_parameters(model)
 
-    def adapter_config(self, step: int, val_loss: float | None = None) -> dict:
+    def adapter_config(self, step: int, val_loss: float | None = None,
+                       train_loss: float | None = None) -> dict:
         loaded, config = self.loaded, self.config
         out = {"fine_tune_type": config.fine_tune}
         if self.lora is not None:
             out.update(num_layers=self.lora.num_layers,
                        lora_parameters=self.lora.mlx_lm_parameters(),
                        lora_alpha=self.lora.alpha)
-        out.update(base_model=loaded.source, base_model_path=str(Path(loaded.path).resolve()),
-                   base_model_kind=loaded.kind, base_quantization=loaded.quantization,
+        # Names and hashes only: this file is shared with the adapter; the local paths a
+        # later command needs are in RUN/config.yaml (see mlxsft.provenance).
+        out.update(base_model=public_name(loaded.source), base_model_kind=loaded.kind, base_quantization=loaded.quantization,
                    model_type=loaded.config.get("model_type"),
                    hidden_size=loaded.config.get("hidden_size"),
                    num_hidden_layers=loaded.config.get("num_hidden_layers"),
-                   data=self.data.files, mask=config.mask, max_seq_len=config.max_seq_len,
-                   mlxsft_version=__version__, step=step, val_loss=val_loss)
+                   data=public_data(self.data.files), mask=config.mask,
+                   max_seq_len=config.max_seq_len,
+                   # chat template + kwargs: chat and fuse render alike
+                   **public_template(self.data.template),
+                   mlxsft_version=__version__, step=step, val_loss=val_loss,
+                   train_loss=train_loss, optimizer=optimizer_record(config))
         return out
 
-    def save(self, directory: Path, step: int, val_loss: float | None = None,
-             with_optimizer: bool = True) -> None:
+    def save(self, kind: str, step: int, val_loss: float | None = None,
+             train_loss: float | None = None) -> tuple[Path | None, ev.Failed | None]:
+        """Save the "best" adapter, a "checkpoint", or the "final" one (a checkpoint that
+        becomes RUN's adapter). A write the file system refuses (a full disk) is returned
+        as a `Failed` event naming the last complete checkpoint, not raised."""
         from mlx.utils import tree_flatten
 
         weights = dict(tree_flatten(self.loaded.model.trainable_parameters()))
-        save_adapter(directory, weights, self.adapter_config(step, val_loss))
+        config = self.adapter_config(step, val_loss, train_loss)
         # The optimizer's moments make a resumed run continue exactly where this one was.
-        if with_optimizer:
-            atomic_save_safetensors(directory / OPTIMIZER_STATE,
-                                    dict(tree_flatten(self.optimizer.state)))
+        optimizer = None if kind == "best" else dict(tree_flatten(self.optimizer.state))
+        rundir = self.rundir
+        where = rundir.best_dir() if kind == "best" else rundir.checkpoint_dir(step)
+        try:
+            if kind == "best":
+                return rundir.save_best(step, weights, config), None
+            unit = rundir.save_checkpoint(step, weights, config, optimizer)
+            if kind == "final":
+                rundir.publish_final(unit)
+            return unit, None
+        except Exception as e:
+            reason = save_failure(e, where, unit_bytes(weights, optimizer))
+            if reason is None:
+                raise
+        last = self._last_checkpoint()
+        then = (f"free some space, then `mlxsft train --resume {self.run_dir}` continues from "
+                f"{last}" if last else "no complete checkpoint was saved before this one")
+        return None, ev.Failed(step, f"{reason}; {then}", last)
 
-    def restore(self, directory: Path) -> int:
-        """Load adapter weights and optimizer state saved by `save`; return their step."""
+    def restore(self, unit: Path) -> int:
+        """Load the adapter weights and optimizer state of a checkpoint; return its step."""
         from mlx.utils import tree_unflatten
 
-        from mlxsft.checkpoints import ADAPTER_WEIGHTS, load_safetensors, read_adapter_config
-
-        saved = read_adapter_config(directory)
+        saved, weights, optimizer = read_checkpoint(unit)
         for key in ("model_type", "hidden_size", "num_hidden_layers"):
             want, have = saved.get(key), self.loaded.config.get(key)
             if want is not None and have is not None and want != have:
-                raise UserError(f"--resume {directory}: trained on {saved.get('base_model')} "
+                raise UserError(f"--resume {unit}: trained on {saved.get('base_model')} "
                                 f"({key} {want}), but --model {self.loaded.source} has {key} "
                                 f"{have}; drop --model to resume on the run's own base")
-        weights = load_safetensors(directory / ADAPTER_WEIGHTS, f"--resume {directory}")
         try:
             self.loaded.model.load_weights(list(weights.items()), strict=False)
         except ValueError as e:
-            raise UserError(f"--resume {directory}: the saved adapter does not fit this model "
+            raise UserError(f"--resume {unit}: the saved adapter does not fit this model "
                             f"({' '.join(str(e).split())[:200]})") from None
-        if (directory / OPTIMIZER_STATE).exists():
-            # In place: the compiled step holds this very dict as its state.
-            self.optimizer.state.update(tree_unflatten(list(load_safetensors(
-                directory / OPTIMIZER_STATE, f"--resume {directory}").items())))
+        if optimizer:
+            from mlxsft.optimizers import check_resumable, load_state
+
+            check_resumable(saved.get("optimizer"), self.config, str(unit))
+            # In place: the compiled step holds the optimizer's own state dicts.
+            load_state(self.optimizer, tree_unflatten(list(optimizer.items())))
         return int(saved.get("step", 0))
 
     # -- the compiled step -----------------------------------------------------------
@@ -223,8 +280,7 @@ class Trainer:
 
         model, config = self.loaded.model, self.config
         self.schedule = learning_rate_schedule(config, total_steps)
-        self.optimizer = optim.AdamW(learning_rate=self.schedule,
-                                     weight_decay=config.weight_decay)
+        self.optimizer = build_optimizer(config, self.schedule)
         state = [model.state, self.optimizer.state, mx.random.state]
         loss_and_grad = nn.value_and_grad(model, masked_nll_sum)
 
@@ -297,28 +353,32 @@ class Trainer:
         start = time.perf_counter()
         config = self.config
         try:
-            messages = self._setup()
+            yield from self._setup()
+            messages = self.messages
             per_epoch = steps_per_epoch(len(self.data.train), config.batch_size,
                                         config.grad_accum)
             total_steps = config.iters or max(1, math.ceil(config.epochs * per_epoch))
             self._build_step(total_steps)
-            start_step = self.restore(self.resume_from) if self.resume_from else 0
-            if self.resume_from and start_step >= total_steps:
-                raise UserError(f"--resume {self.resume_from}: already at step {start_step} of "
+            resumed = self.resume_point.path if self.resume_from else None
+            start_step = self.restore(resumed) if resumed else 0
+            if resumed and start_step >= total_steps:
+                raise UserError(f"--resume {resumed}: already at step {start_step} of "
                                 f"{total_steps}; pass a larger --iters to train on")
             if start_step:
-                messages.append(f"resumed from {self.resume_from} at step {start_step}")
+                messages.append(f"resumed from {resumed} at step {start_step}")
             self._write_config()
         except BaseException:
-            # Nothing was written: leave no empty run directory behind.
-            if (getattr(self, "_created_run_dir", False) and self.run_dir.is_dir()
-                    and not any(self.run_dir.iterdir())):
-                self.run_dir.rmdir()
+            # A new run that wrote nothing leaves no run directory behind.
+            if self.rundir is not None:
+                self.rundir.release(remove_if_empty=self.resume_from is None)
             raise
-        log = MetricsLog(self.run_dir / "metrics.jsonl")
+        log = self.rundir.open_metrics()
+        trackers = open_trackers(config.report_to, self.run_dir, config.resolved())
 
         def emit(event):
             log.write(event.to_json())
+            for tracker in trackers:
+                tracker(event)
             return event
 
         try:
@@ -327,6 +387,9 @@ class Trainer:
             yield from self._loop(emit, start, total_steps, per_epoch, iterate_batches, start_step)
         finally:
             log.close()
+            for tracker in trackers:
+                tracker.close()
+            self.rundir.release()
 
     def _loop(self, emit, start, total_steps, per_epoch, iterate_batches, start_step=0):
         import mlx.core as mx
@@ -341,8 +404,12 @@ class Trainer:
         window_loss = window_sup = 0.0
         window_start, window_tokens, window_supervised = time.perf_counter(), 0, 0
         best = last_val = last_train = None
+        best_step, stale, stop_reason = 0, 0, ""
+        eval_every = eval_interval(config, per_epoch)
         step = start_step
         stopped = False
+        # Compilation happens inside the first step; say so rather than go quiet.
+        yield ev.Setup("compile", "compiling the training step (the first step takes longer)")
         try:
             for step in range(start_step + 1, total_steps + 1):
                 if self.should_stop():
@@ -362,7 +429,9 @@ class Trainer:
                 window_sup += n_sup
                 window_tokens += n_tok
                 window_supervised += n_sup
-                if step % config.steps_per_report == 0 or step == total_steps:
+                # The first step is reported too, so a chart and the ETA start at once.
+                if (step % config.steps_per_report == 0 or step == total_steps
+                        or step == start_step + 1):
                     now = time.perf_counter()
                     elapsed = max(now - window_start, 1e-9)
                     last_train = window_loss / max(window_sup, 1)
@@ -373,28 +442,78 @@ class Trainer:
                         mx.get_peak_memory() / 1e9))
                     window_loss = window_sup = 0.0
                     window_start, window_tokens, window_supervised = now, 0, 0
-                eval_due = config.steps_per_eval and step % config.steps_per_eval == 0
+                eval_due = eval_every and step % eval_every == 0
                 if self.data.valid and (eval_due or step == total_steps):
                     last_val, n_val = self.evaluate()
                     yield emit(ev.EvalReport(step, last_val, n_val, time.perf_counter() - start))
+                    if self.probes:
+                        yield emit(ev.SampleAnswers(step, self.sample_answers()))
                     if best is None or last_val < best:
-                        best = last_val
-                        self.save(self.run_dir / "best", step, last_val, with_optimizer=False)
-                        yield emit(ev.CheckpointSaved(step, str(self.run_dir / "best"), best=True))
+                        best, best_step, stale = last_val, step, 0
+                        path, failed = self.save("best", step, last_val, last_train)
+                        if failed:
+                            yield emit(failed)
+                            return
+                        yield emit(ev.CheckpointSaved(step, str(path), best=True))
+                    else:
+                        stale += 1
+                    if config.patience and stale >= config.patience and step < total_steps:
+                        stop_reason = (f"early stopping: {stale} evaluations without a lower "
+                                       f"validation loss; the best adapter is "
+                                       f"{self.rundir.best_dir()} (step {best_step}, validation "
+                                       f"loss {best:.4f})")
+                        break
                 if config.steps_per_save and step % config.steps_per_save == 0 and step < total_steps:
-                    path = self.run_dir / "checkpoints" / f"step-{step:06d}"
-                    self.save(path, step, last_val)
+                    path, failed = self.save("checkpoint", step, last_val, last_train)
+                    if failed:
+                        yield emit(failed)
+                        return
                     yield emit(ev.CheckpointSaved(step, str(path)))
         except KeyboardInterrupt:
             stopped = True
-        self.save(self.run_dir, step, last_val)
+        if stopped:
+            stop_reason = "interrupted"
+        path, failed = self.save("final", step, last_val, last_train)
+        if failed:
+            yield emit(failed)
+            return
         yield emit(ev.CheckpointSaved(step, str(self.run_dir)))
         yield emit(ev.Finished(step, str(self.run_dir), last_train, last_val, best,
-                               time.perf_counter() - start, stopped))
+                               time.perf_counter() - start, stopped or bool(stop_reason),
+                               stop_reason))
+
+    def sample_answers(self) -> list[dict]:
+        """Greedy answers to the held-out probes, in eval mode (no dropout, no NEFTune)."""
+        from mlxsft.probes import answer
+
+        model = self.loaded.model
+        model.eval()
+        try:
+            out = []
+            for probe in self.probes:
+                a = answer(self.loaded, probe, self.config.sample_max_tokens)
+                out.append({"prompt": probe.prompt, "answer": a.text,
+                            "reference": probe.reference, "where": probe.where,
+                            **a.scores(probe.reference)})
+            return out
+        finally:
+            model.train()
 
     def _last_checkpoint(self) -> str | None:
-        found = sorted((self.run_dir / "checkpoints").glob("step-*"))
-        return str(found[-1]) if found else None
+        """The newest complete checkpoint a run can be resumed from."""
+        found = newest([a for a in saved_adapters(self.run_dir) if a.resumable])
+        return str(found.path) if found else None
+
+
+def eval_interval(config: TrainConfig, per_epoch: float) -> int:
+    """Steps between evaluations: --eval-every (steps, or a fraction of an epoch) when
+    given, else --steps-per-eval; 0 means only at the end."""
+    every = config.eval_every
+    if every is None:
+        return config.steps_per_eval
+    if every >= 1:
+        return int(every)
+    return max(1, round(every * per_epoch))
 
 
 def _dequantized(model) -> bool:
@@ -405,22 +524,7 @@ def _dequantized(model) -> bool:
 
 
 def train(config: TrainConfig, loaded=None, should_stop=None,
-          resume_from: str | Path | None = None) -> Iterator[ev.Event]:
+          resume_from: str | Path | None = None,
+          allow_data_change: bool = False) -> Iterator[ev.Event]:
     """Run a fine-tune, yielding events; see `Trainer`."""
-    return Trainer(config, loaded, should_stop, resume_from).run()
-
-
-def latest_saved(run_dir: str | Path) -> Path:
-    """The most advanced adapter saved in a run: the run directory itself or a checkpoint."""
-    import json
-
-    from mlxsft.checkpoints import ADAPTER_CONFIG
-
-    run_dir = Path(run_dir)
-    candidates = [d for d in [run_dir, *sorted((run_dir / "checkpoints").glob("step-*"))]
-                  if (d / ADAPTER_CONFIG).exists() and (d / OPTIMIZER_STATE).exists()]
-    if not (run_dir / "config.yaml").exists() or not candidates:
-        raise UserError(f"--resume {run_dir}: not a run directory with a saved adapter and "
-                        "optimizer state (config.yaml, adapters.safetensors, "
-                        f"{OPTIMIZER_STATE})")
-    return max(candidates, key=lambda d: json.loads((d / ADAPTER_CONFIG).read_text()).get("step", 0))
+    return Trainer(config, loaded, should_stop, resume_from, allow_data_change).run()

@@ -9,6 +9,8 @@ Three kinds of worker thread, each owning what it touches:
   thread-local, and nobody chats with the model being trained);
 - the data worker (group "data") loads a tokenizer and lints the data file.
 
+Each runs its job on a thread of its own that frees the MLX state it made before it
+ends (`mlxsft.mlx_thread`: left to interpreter exit, that state can abort the process).
 They report through `post_message` only (see `workers.py`); every widget change
 happens here on the UI thread. A prompt sent while a run trains is queued until the run
 stops; ctrl+n answers it at once on the chat thread's own copies (and slows training
@@ -18,7 +20,6 @@ meanwhile). ctrl+r resumes a stopped run from its last saved adapter and optimiz
 from __future__ import annotations
 
 import itertools
-import json
 import threading
 from pathlib import Path
 from typing import Callable
@@ -31,11 +32,13 @@ from textual.timer import Timer
 from textual.widgets import Input, Tabs
 from textual.worker import get_current_worker
 
+from mlxsft import blas
 from mlxsft import events as ev
-from mlxsft.checkpoints import ADAPTER_CONFIG
 from mlxsft.config import build_config
 from mlxsft.errors import UserError
+from mlxsft.mlx_thread import run_on_own_thread
 from mlxsft.models import DEFAULT_MODEL
+from mlxsft.rundir import find_runs
 from mlxsft.tui.chat_engine import ChatEngine, ChatRequest
 from mlxsft.tui.messages import ChatUpdate, DataChecked, DataFailed, StepProgress, TrainDone
 from mlxsft.tui.messages import TrainEvent
@@ -102,6 +105,9 @@ class MlxsftApp(App):
         self.data_key: tuple | None = None
         self.metrics_pos = 0
         self.poll_timer: Timer | None = None
+        # The directory the trainer named for a run started with 'run dir' empty: shown in
+        # the field, but the next run started from it gets a fresh name of its own.
+        self.auto_run_dir: str | None = None
 
     # -- layout -----------------------------------------------------------------------
     def get_default_screen(self) -> Screen:
@@ -132,6 +138,9 @@ class MlxsftApp(App):
         self.run_worker(self._serve_chat, thread=True, group="chat", exit_on_error=False,
                         name="chat models")
         self.show_view()
+        slow = blas.slow_warning()  # printed on stderr too, but the app's screen hides it
+        if slow:
+            self.event_log.add("warning", f"warning: {slow}")
         given = {k: v for k, v in self.initial.items() if k in ("data", "model") and v}
         try:
             self.settings = build_config(given, self.initial["config_path"]).resolved()
@@ -181,7 +190,10 @@ class MlxsftApp(App):
     def _form_options(self) -> dict:
         # The form is the truth for its fields (an emptied field means the default).
         form = {name for name, _, _ in FIELDS}
-        return {k: v for k, v in self.settings.items() if k not in form} | self.run_panel.values()
+        values = self.run_panel.values()
+        if self.auto_run_dir is not None and values.get("out") == self.auto_run_dir:
+            del values["out"]  # the last run's default name, not the user's choice
+        return {k: v for k, v in self.settings.items() if k not in form} | values
 
     def action_start_run(self) -> None:
         if self.training:
@@ -198,7 +210,7 @@ class MlxsftApp(App):
 
     def action_resume_run(self) -> None:
         """Continue the opened (or last) run from its last saved adapter and optimizer."""
-        from mlxsft.train import latest_saved
+        from mlxsft.rundir import resume_point
 
         if self.training:
             return
@@ -206,18 +218,20 @@ class MlxsftApp(App):
             self.show_error("no run to resume: open a run directory (ctrl+o) first")
             return
         try:
-            resume_from = latest_saved(self.run_dir)
+            point = resume_point(self.run_dir)
             config = build_config({**self._form_options(), "out": str(self.run_dir)})
         except UserError as e:
             self.show_error(str(e))
             return
-        step = json.loads((resume_from / ADAPTER_CONFIG).read_text()).get("step", 0)
+        resume_from, step = point.path, point.step
         self.training_view.resume_at(step)
         self.event_log.add("info", f"resuming {self.run_dir} from step {step}")
         self._launch(config, resume_from)
 
     def _launch(self, config, resume_from: Path | None = None) -> None:
         self._stop_polling()
+        if self.view != "train":
+            self.show_view("train")  # on a small terminal: leave Setup for the progress
         self.training, self.answer_during_training = True, False
         self.stop_event = threading.Event()
         self.run_panel.set_running(True)
@@ -230,9 +244,9 @@ class MlxsftApp(App):
     def train_worker(self, config, stop: threading.Event, resume_from: Path | None = None,
                      earlier: tuple[ev.StepReport, ...] = ()) -> None:
         worker = get_current_worker()
-        run_training(self.post_message, self.train_fn, config,
-                     lambda: stop.is_set() or worker.is_cancelled, resume_from, earlier,
-                     log=self.log.error)
+        run_on_own_thread(run_training, self.post_message, self.train_fn, config,
+                          lambda: stop.is_set() or worker.is_cancelled, resume_from, earlier,
+                          log=self.log.error, name="mlxsft train")
 
     def action_stop_run(self) -> None:
         if self.training and not self.stop_event.is_set():
@@ -249,6 +263,9 @@ class MlxsftApp(App):
             self.event_log.add(severity, line)
         if isinstance(event, ev.RunStarted):
             self.run_dir = Path(event.run_dir)
+            if self.run_panel.values().get("out") in (None, self.auto_run_dir):
+                self.auto_run_dir = event.run_dir  # show where it goes, not the placeholder
+                self.run_panel.set_values({"out": event.run_dir})
         if isinstance(event, (ev.RunStarted, ev.CheckpointSaved)):
             self.compare.set_adapters(saved_adapters(self.run_dir))
         if isinstance(event, ev.Failed):
@@ -288,11 +305,11 @@ class MlxsftApp(App):
             return
         path = self.run_panel.values().get("out")
         if not path:
-            runs = sorted(Path("runs").glob("*/metrics.jsonl")) if Path("runs").is_dir() else []
+            runs = find_runs()
             if not runs:
                 self.show_error("fill in 'run dir' with a run directory to open")
                 return
-            path = str(runs[-1].parent)
+            path = str(runs[-1])
         self.open_run_dir(path)
 
     def open_run_dir(self, path: str, keep: dict | None = None) -> None:
@@ -337,7 +354,8 @@ class MlxsftApp(App):
     # -- chat -------------------------------------------------------------------------
     def _serve_chat(self) -> None:
         worker = get_current_worker()
-        self.chat_engine.serve(cancelled=lambda: worker.is_cancelled)
+        run_on_own_thread(self.chat_engine.serve, cancelled=lambda: worker.is_cancelled,
+                          name="mlxsft chat")
 
     def _chat_model(self) -> str:
         return self.run_panel.values().get("model") or DEFAULT_MODEL
@@ -404,7 +422,7 @@ class MlxsftApp(App):
 
     @work(thread=True, exclusive=True, group="data", exit_on_error=False)
     def data_worker(self, key: tuple) -> None:
-        lint_data(self.post_message, key)
+        run_on_own_thread(lint_data, self.post_message, key, name="mlxsft data")
 
     def on_data_checked(self, message: DataChecked) -> None:
         if message.key == self.data_key:

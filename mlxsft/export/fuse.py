@@ -107,12 +107,15 @@ def fuse_lora_layers(model, dtype: str) -> int:
     return len(fused)
 
 
-def _same_base(adapter_config: dict, model: str) -> bool:
-    recorded = [adapter_config.get("base_model"), adapter_config.get("base_model_path")]
-    if model in recorded or not any(recorded):
-        return True
-    return any(r and Path(r).exists() and Path(r).resolve() == Path(model).resolve()
-               for r in recorded)
+def _same_base(adapter_dir: Path, adapter_config: dict, model: str) -> bool:
+    from mlxsft.provenance import local_base, public_name
+
+    name, here = adapter_config.get("base_model"), local_base(adapter_dir, adapter_config)
+    if not name and not here:
+        return True  # nothing recorded to compare with
+    if here and Path(model).exists():
+        return Path(model).resolve() == Path(here).resolve()
+    return model in (name, here) or public_name(model) == name
 
 
 # -- the command --------------------------------------------------------------------------
@@ -124,6 +127,7 @@ def fuse(adapter: str | Path, out: str | Path, model: str | None = None, fmt: st
     from mlxsft.checkpoints import read_adapter_config
     from mlxsft.export.staging import check_free_space, check_out_free, check_out_writable, staged
     from mlxsft.gguf.schemes import parse_quantize
+    from mlxsft.templates import use_adapter_template
 
     adapter_dir, out = Path(adapter), Path(out)
     if fmt in FORMATS:
@@ -138,8 +142,11 @@ def fuse(adapter: str | Path, out: str | Path, model: str | None = None, fmt: st
     check_out_writable(out)
     adapter_config = read_adapter_config(adapter_dir)
     loaded, notes = _load_base(adapter_dir, adapter_config, model)
+    # The chat template (and template kwargs) the adapter was trained with: held-out
+    # masking renders with it, and every output format carries it.
+    use_adapter_template(loaded.tokenizer, adapter_config)
     out_dtype = dtype or stored_float_dtype(loaded)
-    held_out = HeldOut.of(adapter_config, loaded.tokenizer)
+    held_out = HeldOut.of(adapter_dir, adapter_config, loaded.tokenizer)
     notes += held_out.notes
     tokenizer_md, source = None, {}
     if fmt in GGUF_FORMATS:  # refused here (architecture, tokenizer) rather than after work
@@ -177,6 +184,7 @@ def fuse(adapter: str | Path, out: str | Path, model: str | None = None, fmt: st
         release_model(loaded)  # the written files are what gets verified
         result = FuseResult(adapter_dir, loaded.source, out, fmt, out_dtype, quantization,
                             quantize, verify_written(written, held_out, *reference), notes)
+        _check_finite(result)  # a NaN model is never published: nothing appears at OUT
         result.warnings = _warnings(result)
         if fmt in ("mlx", "hf"):
             (target / "README.md").write_text(_card(result, adapter_config))
@@ -232,7 +240,7 @@ def _load_base(adapter_dir: Path, adapter_config: dict, model: str | None):
     loaded = load_model(spec)
     if name:
         loaded.source = name
-    elif not _same_base(adapter_config, model):
+    elif not _same_base(adapter_dir, adapter_config, model):
         notes.append(f"the adapter was trained on {adapter_config.get('base_model')}; fusing "
                      f"it into {model}")
     if adapter_config.get("base_quantization") and not loaded.quantization:
@@ -303,6 +311,19 @@ def _check_names(loaded, fmt: str, quantize: int | None) -> list[str]:
                         f"base checkpoint, so transformers would not load it; use --format mlx")
     return [f"weight names differ from the base checkpoint's (e.g. {missing[0]}); mlx-lm "
             "loads this directory, transformers may not"] if missing else []
+
+
+def _check_finite(result: FuseResult) -> None:
+    import math
+
+    v = result.verification
+    figures = {"base loss": v.loss_base, "base + adapter loss": v.loss_tuned,
+               "fused loss": v.loss_fused, "max |logit diff|": v.max_logit_diff}
+    bad = [f"{name} {value}" for name, value in figures.items() if not math.isfinite(value)]
+    if bad:
+        raise UserError(f"--out {result.out}: verification on {v.source} gave non-finite "
+                        f"numbers ({', '.join(bad)}); nothing was written (check the base "
+                        "model's weights and --dtype; float16 may overflow)")
 
 
 def _warnings(result: FuseResult) -> list[str]:
