@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from mlxsft.config import BenchConfig
+
 
 @dataclass
 class BenchResult:
@@ -104,10 +106,8 @@ def synthetic_batches(batch_size: int, seq_len: int, vocab: int, seed: int = 0):
         yield Batch(tokens, mask, np.full(batch_size, seq_len))
 
 
-def run_bench(model: str | None = None, batch_size: int = 4, seq_len: int = 256,
-              steps: int = 10, warmup: int = 2, fine_tune: str = "lora", lora_rank: int = 8,
-              quantize: int | None = None, keep_quantized: bool = False,
-              grad_checkpoint: bool = False, data: str | None = None) -> BenchResult:
+def run_bench(bench: BenchConfig | None = None) -> BenchResult:
+    """Time the step `mlxsft train` would run with `bench`'s options (see BenchConfig)."""
     import mlx.core as mx
 
     from mlxsft import blas
@@ -117,6 +117,12 @@ def run_bench(model: str | None = None, batch_size: int = 4, seq_len: int = 256,
     from mlxsft.prepare import prepare_data
     from mlxsft.train import Trainer
 
+    bench = bench or BenchConfig()
+    model, batch_size, seq_len, steps, warmup = (bench.model, bench.batch_size, bench.seq_len,
+                                                 bench.steps, bench.warmup)
+    fine_tune, lora_rank, quantize, data = (bench.fine_tune, bench.lora_rank, bench.quantize,
+                                            bench.data)
+    keep_quantized, grad_checkpoint = bench.keep_quantized, bench.grad_checkpoint
     config = TrainConfig(data=data, model=model or TrainConfig.model, fine_tune=fine_tune,
                          batch_size=batch_size, max_seq_len=seq_len, lora_rank=lora_rank,
                          quantize=quantize, keep_quantized=keep_quantized,
