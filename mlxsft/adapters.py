@@ -13,6 +13,21 @@ from mlxsft.checkpoints import ADAPTER_WEIGHTS, load_safetensors, read_adapter_c
 from mlxsft.errors import UserError
 
 
+# What an adapter records of its base (adapter_config.json) that a base must match.
+FIT_KEYS = ("model_type", "hidden_size", "num_hidden_layers")
+
+
+def base_mismatch(adapter_config: dict, base_config: dict, base_label: str) -> str | None:
+    """Why an adapter cannot fit a base, by their configs (None when nothing disagrees):
+    'trained on X (hidden_size 64), but <base_label> has hidden_size 32'."""
+    for key in FIT_KEYS:
+        want, have = adapter_config.get(key), base_config.get(key)
+        if want is not None and have is not None and want != have:
+            return (f"trained on {adapter_config.get('base_model', 'unknown')} ({key} {want}), "
+                    f"but {base_label} has {key} {have}")
+    return None
+
+
 def attach_adapter(loaded, adapter_dir: str | Path) -> dict:
     """Insert the adapter's LoRA layers into loaded.model and load its weights."""
     from mlx_lm.tuner.utils import load_adapters
@@ -21,12 +36,9 @@ def attach_adapter(loaded, adapter_dir: str | Path) -> dict:
     config = read_adapter_config(adapter_dir)
     base = config.get("base_model", "unknown")
     trained_on = f"trained on {base}"
-    for key in ("model_type", "hidden_size", "num_hidden_layers"):
-        want, have = config.get(key), loaded.config.get(key)
-        if want is not None and have is not None and want != have:
-            raise UserError(f"--adapter {adapter_dir}: {trained_on} ({key} {want}), but "
-                            f"--model {loaded.source} has {key} {have}; pass the adapter's "
-                            "base model")
+    why = base_mismatch(config, loaded.config, f"--model {loaded.source}")
+    if why:
+        raise UserError(f"--adapter {adapter_dir}: {why}; pass the adapter's base model")
     # A damaged file is not a mismatch: say so before mlx-lm reads it.
     load_safetensors(adapter_dir / ADAPTER_WEIGHTS, f"--adapter {adapter_dir}")
     try:

@@ -58,21 +58,6 @@ class BenchResult:
         ])
 
 
-def matmul_peak_gflops(n: int = 1024, repeats: int = 5) -> float:
-    """Best of a few fp32 n x n matmuls on the default device."""
-    import mlx.core as mx
-
-    a = mx.random.normal((n, n))
-    b = mx.random.normal((n, n))
-    mx.eval(a, b, a @ b)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        mx.eval(a @ b)
-        best = min(best, time.perf_counter() - start)
-    return 2 * n ** 3 / best / 1e9
-
-
 def flops_per_token(model, seq_len: int, fine_tune: str) -> float:
     """Training FLOPs per token (see the module docstring)."""
     import mlx.nn as nn
@@ -154,7 +139,8 @@ def run_bench(bench: BenchConfig | None = None) -> BenchResult:
         seq_len=seq_len, steps=steps, seconds_per_step=seconds / steps,
         tokens_per_second=tokens / seconds, supervised_tokens_per_second=supervised / seconds,
         peak_memory_gb=mx.get_peak_memory() / 1e9, flops_per_token=fpt,
-        achieved_gflops=fpt * tokens / seconds / 1e9, matmul_peak_gflops=matmul_peak_gflops(),
+        achieved_gflops=fpt * tokens / seconds / 1e9,
+        matmul_peak_gflops=blas.matmul_gflops(1024),
         blas=_blas_label(status))
 
 

@@ -176,10 +176,10 @@ def cmd_bench(args) -> int:
 
 # -- env -------------------------------------------------------------------------------
 def cmd_env(args) -> int:
-    from mlxsft import doctor
+    from mlxsft import env
 
-    report = doctor.collect()
-    print(json.dumps(report, indent=2) if args.json else doctor.render(report))
+    report = env.collect()
+    print(json.dumps(report, indent=2) if args.json else env.render(report))
     return 0
 
 

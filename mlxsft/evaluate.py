@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
+from mlxsft.batching import pad_id
 from mlxsft.masking import Tokenized
 
 
@@ -69,8 +70,7 @@ def evaluate_data(data: str, model: str | None = None, adapter: str | None = Non
     encoded = encode_records(masker, split.records, skip_invalid)
     if not encoded.items:
         raise UserError(f"{split.path}: no record has supervised tokens to evaluate")
-    tok = loaded.tokenizer
-    pad = tok.pad_token_id if getattr(tok, "pad_token_id", None) is not None else 0
     loaded.model.eval()
-    loss, n = mean_nll(loaded.model, encoded.items, batch_size, max_seq_len, pad)
+    loss, n = mean_nll(loaded.model, encoded.items, batch_size, max_seq_len,
+                       pad_id(loaded.tokenizer))
     return EvalResult(split.path, loaded.source, adapter, len(encoded.items), n, loss)

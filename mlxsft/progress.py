@@ -35,39 +35,26 @@ class ProgressPrinter:
         self.stream.flush()
 
     def __call__(self, event) -> None:
-        if isinstance(event, ev.RunStarted):
-            for message in event.messages:
-                self._line(f"note: {message}")
-            share = 100 * event.trainable_parameters / max(event.total_parameters, 1)
-            self._line(f"trainable parameters: {event.trainable_parameters:,} of "
-                       f"{event.total_parameters:,} ({share:.3f}%)")
-            self._line(f"training on {event.train_records} records, validating on "
-                       f"{event.valid_records}, for {event.total_steps} steps -> {event.run_dir}")
-        elif isinstance(event, ev.StepReport):
+        if isinstance(event, ev.StepReport):
             self._line(self.progress(event), live=True)
-        elif isinstance(event, ev.EvalReport):
-            self.val_loss = event.val_loss
-            self._line(f"step {event.step}: validation loss {event.val_loss:.4f} "
-                       f"({event.val_supervised_tokens} supervised tokens)")
-        elif isinstance(event, ev.CheckpointSaved):
-            label = "best adapter" if event.best else "adapter"
-            self._line(f"step {event.step}: saved {label} to {event.path}")
-        elif isinstance(event, ev.Warning):
-            self._line(f"warning: {event.message}")
-        elif isinstance(event, ev.Finished):
-            how = "stopped early" if event.stopped_early else "finished"
-            parts = [f"{how} at step {event.step} in {event.seconds:.1f}s"]
-            if event.final_train_loss is not None:
-                parts.append(f"train loss {event.final_train_loss:.4f}")
-            if event.best_val_loss is not None:
-                parts.append(f"best validation loss {event.best_val_loss:.4f}")
-            self._line("; ".join(parts) + f"; adapter: {event.adapter_dir}")
-        elif isinstance(event, ev.Failed):
+            return
+        if isinstance(event, ev.EvalReport):
+            self.val_loss = event.val_loss  # shown on the progress line from now on
+        if isinstance(event, ev.Failed):
             if self.open_line:
                 self.stream.write("\n")
                 self.open_line = False
             self.stream.flush()
             print(f"mlxsft: error: {event.message}", file=self.errors, flush=True)
+            return
+        for _, text in ev.describe(event):
+            if isinstance(event, ev.Finished):
+                text += f"; adapter: {event.adapter_dir}"  # the TUI shows it in its run panel
+            self._line(text)
+        if isinstance(event, ev.RunStarted):
+            # The terminal has room for the model's size, which the TUI's panel shows.
+            self._line(f"trainable parameters: {event.trainable_parameters:,} of "
+                       f"{event.total_parameters:,}")
 
     def progress(self, e) -> str:
         width = 20

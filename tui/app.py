@@ -39,7 +39,7 @@ from mlxsft.models import DEFAULT_MODEL
 from mlxsft.tui.chat_engine import ChatEngine, ChatRequest
 from mlxsft.tui.messages import ChatUpdate, DataChecked, DataFailed, StepProgress, TrainDone
 from mlxsft.tui.messages import TrainEvent
-from mlxsft.tui.runs import check_run_dir, describe, pick_adapter, read_events, run_settings
+from mlxsft.tui.runs import check_run_dir, pick_adapter, read_events, run_settings
 from mlxsft.tui.runs import saved_adapters
 from mlxsft.tui.screen import MainScreen
 from mlxsft.tui.widgets.compare import ComparePane
@@ -245,7 +245,7 @@ class MlxsftApp(App):
     def on_train_event(self, message: TrainEvent) -> None:
         event = message.event
         self.training_view.apply(event)
-        for severity, line in describe(event):
+        for severity, line in ev.describe(event):
             self.event_log.add(severity, line)
         if isinstance(event, ev.RunStarted):
             self.run_dir = Path(event.run_dir)
@@ -321,7 +321,7 @@ class MlxsftApp(App):
         if events:
             self.training_view.apply(*events)
             for event in events:
-                for severity, line in describe(event):
+                for severity, line in ev.describe(event):
                     self.event_log.add(severity, line)
             self.compare.set_adapters(saved_adapters(self.run_dir))
         ended = self.training_view.finished is not None

@@ -3,13 +3,12 @@
 A run directory is what `mlxsft train` writes (see `mlxsft.checkpoints`). This module
 turns RUN/metrics.jsonl back into `mlxsft.events` objects so a replayed run and a live
 one go through the same widgets, lists the adapters a run has saved (final, best,
-checkpoints) for the compare pane, and says how an event reads in the event log.
-No widgets here.
+checkpoints) for the compare pane. No widgets here; how an event reads is
+`mlxsft.events.describe`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,30 +17,11 @@ from mlxsft import events as ev
 from mlxsft.checkpoints import ADAPTER_CONFIG, ADAPTER_WEIGHTS, read_metrics
 from mlxsft.errors import UserError
 
-EVENT_TYPES: dict[str, type[ev.Event]] = {
-    "start": ev.RunStarted, "train": ev.StepReport, "eval": ev.EvalReport,
-    "checkpoint": ev.CheckpointSaved, "warning": ev.Warning, "finished": ev.Finished,
-    "failed": ev.Failed,
-}
-END_EVENTS = (ev.Finished, ev.Failed)
-
-
-def event_from_json(record: dict) -> ev.Event | None:
-    """The event object of one metrics.jsonl line (None for a kind we do not know)."""
-    cls = EVENT_TYPES.get(record.get("event", ""))
-    if cls is None:
-        return None
-    names = {f.name for f in dataclasses.fields(cls)}
-    try:
-        return cls(**{k: v for k, v in record.items() if k in names})
-    except TypeError:  # a line from another version with a missing field
-        return None
-
 
 def read_events(run_dir: str | Path, start: int = 0) -> tuple[list[ev.Event], int]:
     """Events of RUN/metrics.jsonl from line `start` on, and the next start."""
     records = read_metrics(run_dir)
-    events = [e for e in map(event_from_json, records[start:]) if e is not None]
+    events = [e for e in map(ev.from_json, records[start:]) if e is not None]
     return events, len(records)
 
 
@@ -124,29 +104,3 @@ def pick_adapter(run_dir: str | Path | None, choice: str) -> SavedAdapter | None
     return next((a for a in saved_adapters(run_dir) if a.key == choice), None)
 
 
-def describe(event: ev.Event) -> list[tuple[str, str]]:
-    """(severity, line) pairs for the event log; step reports are not logged."""
-    if isinstance(event, ev.RunStarted):
-        share = 100 * event.trainable_parameters / max(event.total_parameters, 1)
-        notes = [("note", f"note: {m}") for m in event.messages]
-        return notes + [("info", f"started: {event.train_records} training and "
-                                 f"{event.valid_records} validation records, "
-                                 f"{event.total_steps} steps, {event.trainable_parameters:,} "
-                                 f"trainable parameters ({share:.2f}%) -> {event.run_dir}")]
-    if isinstance(event, ev.EvalReport):
-        return [("info", f"step {event.step}: validation loss {event.val_loss:.4f}")]
-    if isinstance(event, ev.CheckpointSaved):
-        label = "best adapter" if event.best else "adapter"
-        return [("good", f"step {event.step}: saved {label} to {event.path}")]
-    if isinstance(event, ev.Warning):
-        return [("warning", f"warning: {event.message}")]
-    if isinstance(event, ev.Finished):
-        how = "stopped early" if event.stopped_early else "finished"
-        loss = (f", train loss {event.final_train_loss:.4f}"
-                if event.final_train_loss is not None else "")
-        best = (f", best validation loss {event.best_val_loss:.4f}"
-                if event.best_val_loss is not None else "")
-        return [("good", f"{how} at step {event.step} in {event.seconds:.1f}s{loss}{best}")]
-    if isinstance(event, ev.Failed):
-        return [("error", f"failed at step {event.step}: {event.message}")]
-    return []

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mlxsft.adapters import base_mismatch
 from mlxsft.checkpoints import ADAPTER_WEIGHTS, load_safetensors, read_adapter_config
 from mlxsft.errors import UserError
 from mlxsft.export.card import model_card
@@ -99,12 +100,10 @@ def _check_base_fits(adapter_dir: Path, config: dict, base: Path, base_config: d
                      weights: dict) -> None:
     """The adapter against a local base: its config, then each LoRA matrix against the
     weight it adapts (headers only). One line naming both, before anything is written."""
+    why = base_mismatch(config, base_config, f"the base {base}")
+    if why:
+        raise UserError(f"--adapter {adapter_dir}: {why}; pass the adapter's base with --base")
     trained_on = f"trained on {config.get('base_model', 'unknown')}"
-    for key in ("model_type", "hidden_size", "num_hidden_layers"):
-        want, have = config.get(key), base_config.get(key)
-        if want is not None and have is not None and want != have:
-            raise UserError(f"--adapter {adapter_dir}: {trained_on} ({key} {want}), but the "
-                            f"base {base} has {key} {have}; pass the adapter's base with --base")
     shapes = checkpoint_tensor_shapes(base) or {}
     quantized = bool(base_config.get("quantization"))  # packed input widths: skip those
     for name, value in sorted(weights.items()):

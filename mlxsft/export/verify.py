@@ -14,6 +14,7 @@ import gc
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlxsft.batching import pad_id
 from mlxsft.errors import UserError
 
 MAX_RECORDS = 8  # held-out records verified: a few seconds even on a 1B model
@@ -118,16 +119,11 @@ def _held_out_records(adapter_config: dict, limit: int):
     return records, "built-in prompts", notes
 
 
-def _pad_id(tokenizer) -> int:
-    pad = getattr(tokenizer, "pad_token_id", None)
-    return pad if pad is not None else 0
-
-
 def response_loss(model, items, tokenizer) -> float:
     """Mean NLL over the supervised tokens of `items`, as `mlxsft eval` computes it."""
     from mlxsft.evaluate import mean_nll
 
-    return mean_nll(model, items, 4, MAX_TOKENS, _pad_id(tokenizer))[0]
+    return mean_nll(model, items, 4, MAX_TOKENS, pad_id(tokenizer))[0]
 
 
 def logits_on(model, items) -> list:
