@@ -57,6 +57,17 @@ def _default_gguf() -> Path | None:
     return None
 
 
+def hub_id(spec: str | None) -> str | None:
+    """The Hugging Face hub id a model spec stands for (an alias, or an org/name that is not
+    a local path), else None."""
+    if not spec:
+        return None
+    if spec.lower() in ALIASES:
+        return ALIASES[spec.lower()]
+    looks_local = spec.startswith((".", "/", "~")) or spec.endswith(".gguf") or Path(spec).exists()
+    return spec if spec.count("/") == 1 and not looks_local else None
+
+
 def resolve_model_path(spec: str | None) -> tuple[str, Path, str]:
     """(source, local path, kind) for a model spec, downloading from the hub if needed."""
     spec = spec or DEFAULT_MODEL
@@ -76,7 +87,7 @@ def resolve_model_path(spec: str | None) -> tuple[str, Path, str]:
                             "directory with config.json and *.safetensors, a .gguf file or a "
                             "hub id")
         return spec, path, "hf"
-    if spec.endswith(".gguf") or spec.startswith((".", "/", "~")) or spec.count("/") != 1:
+    if hub_id(spec) is None:
         raise UserError(f"--model {spec}: no such file or directory; check the path (or give "
                         "a Hugging Face hub id such as HuggingFaceTB/SmolLM2-135M-Instruct)")
     return spec, _hub_snapshot(spec), "hf"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mlxsft.export.hf import hub_id
+from mlxsft.models import hub_id
 
 
 def describe_data(adapter_config: dict) -> list[str]:

@@ -66,17 +66,3 @@ def write_model_dir(directory: Path, model, tokenizer, config: dict, base_path: 
     generation_config = Path(base_path) / "generation_config.json"
     if generation_config.is_file():
         shutil.copy(generation_config, directory)
-
-
-def hub_id(base: str | None) -> str | None:
-    """The hub id a base name stands for (an alias or an org/name id), else None."""
-    from mlxsft.models import ALIASES
-
-    if not base:
-        return None
-    if base.lower() in ALIASES:
-        return ALIASES[base.lower()]
-    looks_local = base.startswith((".", "/", "~")) or base.endswith(".gguf") or Path(base).exists()
-    return base if base.count("/") == 1 and not looks_local else None
-
-

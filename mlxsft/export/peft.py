@@ -17,7 +17,8 @@ from mlxsft.adapters import base_mismatch
 from mlxsft.checkpoints import ADAPTER_WEIGHTS, load_safetensors, read_adapter_config
 from mlxsft.errors import UserError
 from mlxsft.export.card import model_card
-from mlxsft.export.hf import checkpoint_tensor_names, checkpoint_tensor_shapes, hub_id, names_missing_from
+from mlxsft.export.hf import checkpoint_tensor_names, checkpoint_tensor_shapes, names_missing_from
+from mlxsft.models import hub_id
 from mlxsft.export.staging import check_out_free, check_out_writable, staged
 
 PEFT_WEIGHTS = "adapter_model.safetensors"
