@@ -84,7 +84,7 @@ def _type_name(value: Any) -> str:
             int: "a number", float: "a number"}.get(type(value), type(value).__name__)
 
 
-def _require_string(obj: dict, key: str, where: str, path, line, allow_empty=True) -> str:
+def _require_string(obj: dict, key: str, where: str, path, line) -> str:
     if key not in obj:
         close = difflib.get_close_matches(key, [k for k in obj if isinstance(k, str)], n=1,
                                           cutoff=0.6)

@@ -258,17 +258,6 @@ def cast_floating(model, dtype) -> None:
     model.update(tree_map(cast, model.parameters()))
 
 
-def model_summary(loaded: LoadedModel) -> dict:
-    c = loaded.config
-    return {"source": loaded.source, "path": str(loaded.path), "kind": loaded.kind,
-            "model_type": c.get("model_type"), "layers": c.get("num_hidden_layers"),
-            "hidden_size": c.get("hidden_size"), "quantization": c.get("quantization")}
-
-
-def read_config(path: Path) -> dict:
-    return json.loads((path / "config.json").read_text())
-
-
 def to_compute_precision(loaded: LoadedModel, keep_quantized: bool = False) -> None:
     """On Linux, compute in float32: MLX's CPU backend has fast BLAS for fp32 only, and
     scalar kernels for bf16/fp16 and quantized matmul. De-quantizing changes no number

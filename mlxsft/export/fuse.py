@@ -140,9 +140,9 @@ def fuse(adapter: str | Path, out: str | Path, model: str | None = None, fmt: st
 
     with staged(out, single_file=fmt == "gguf") as target:
         if fmt == "gguf":
-            from mlxsft.gguf.writer import FLOAT_TYPES, write_gguf
+            from mlxsft.gguf.writer import GGUF_TYPE_OF_DTYPE, write_gguf
 
-            write_gguf(target, loaded.model, config, tokenizer_md, FLOAT_TYPES[out_dtype],
+            write_gguf(target, loaded.model, config, tokenizer_md, GGUF_TYPE_OF_DTYPE[out_dtype],
                        quantization, name=out.stem)
         else:
             from mlxsft.export.hf import write_model_dir
@@ -217,7 +217,7 @@ def _base_and_tuned(loaded, adapter_dir: Path, held_out: HeldOut):
 def _fuse_weights(loaded, out_dtype: str, fmt: str, quantize: int | None):
     """Fuse in place, MLX-quantize for --format mlx; (config to write, quantization label)."""
     from mlxsft.export.hf import hf_config
-    from mlxsft.gguf.writer import QUANT_TYPES
+    from mlxsft.gguf.writer import GGUF_TYPE_OF_BITS
     from mlxsft.models import quantize_model
 
     fuse_lora_layers(loaded.model, out_dtype)
@@ -226,7 +226,7 @@ def _fuse_weights(loaded, out_dtype: str, fmt: str, quantize: int | None):
         group_size = (loaded.quantization or {}).get("group_size", 64)
         loaded.model, config = quantize_model(loaded.model, config, quantize, group_size)
         return config, f"{quantize}-bit (group size {group_size})"
-    return config, QUANT_TYPES[quantize] if quantize else None
+    return config, GGUF_TYPE_OF_BITS[quantize] if quantize else None
 
 
 def _check_names(loaded, fmt: str, quantize: int | None) -> list[str]:
