@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mlx_lm.tuner.utils import load_adapters
+
 from mlxsft.checkpoints import ADAPTER_WEIGHTS, load_safetensors, read_adapter_config
 from mlxsft.errors import UserError
-
+from mlxsft.models import load_model, to_compute_precision
 
 # What an adapter records of its base (adapter_config.json) that a base must match.
 FIT_KEYS = ("model_type", "hidden_size", "num_hidden_layers")
@@ -30,8 +32,6 @@ def base_mismatch(adapter_config: dict, base_config: dict, base_label: str) -> s
 
 def attach_adapter(loaded, adapter_dir: str | Path) -> dict:
     """Insert the adapter's LoRA layers into loaded.model and load its weights."""
-    from mlx_lm.tuner.utils import load_adapters
-
     adapter_dir = Path(adapter_dir)
     config = read_adapter_config(adapter_dir)
     base = config.get("base_model", "unknown")
@@ -64,8 +64,6 @@ def load_for_inference(model: str | None, adapter: str | Path | None = None,
                        keep_quantized: bool = False):
     """The base model (the adapter's recorded base when --model is not given), in the
     compute precision of this machine, with the adapter attached when given."""
-    from mlxsft.models import load_model, to_compute_precision
-
     name = None
     if model is None and adapter is not None:
         model, name = adapter_base(adapter)

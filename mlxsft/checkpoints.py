@@ -21,6 +21,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from mlxsft.errors import UserError
+
+# heavy: mlx.core is imported inside the functions that read or write tensors; the TUI
+# loads this module when it opens, before any model is needed.
+
 ADAPTER_WEIGHTS = "adapters.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -73,8 +78,6 @@ def save_adapter(directory: Path, weights: dict, adapter_config: dict) -> None:
 
 
 def read_adapter_config(directory: str | Path) -> dict[str, Any]:
-    from mlxsft.errors import UserError
-
     directory = Path(directory)
     config_path = directory / ADAPTER_CONFIG
     if not directory.exists():
@@ -99,8 +102,6 @@ def read_adapter_config(directory: str | Path) -> dict[str, Any]:
 def load_safetensors(path: str | Path, what: str) -> dict:
     """mx.load of a .safetensors file, a damaged or truncated one as a `UserError`."""
     import mlx.core as mx
-
-    from mlxsft.errors import UserError
 
     try:
         return mx.load(str(path))

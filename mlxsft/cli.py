@@ -18,11 +18,15 @@ from pathlib import Path
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
+# heavy: each command imports its own modules (mlx, mlx_lm, transformers) inside its cmd_*
+# function, so `mlxsft --help` and a mistyped flag answer at once.
 from mlxsft import __version__  # noqa: E402  (also loads the BLAS before mlx)
-from mlxsft.errors import UserError  # noqa: E402
+from mlxsft import events as ev  # noqa: E402
 from mlxsft.config import (  # noqa: E402
     BenchConfig, ChatConfig, DataCheckConfig, EnvConfig, EvalConfig, ExportAdapterConfig,
     FuseConfig, TuiConfig, add_arguments, build_config, load_yaml)
+from mlxsft.errors import UserError  # noqa: E402
+from mlxsft.progress import ProgressPrinter  # noqa: E402
 
 
 class _Parser(argparse.ArgumentParser):
@@ -64,8 +68,6 @@ def cmd_data_check(args) -> int:
 
 # -- train -----------------------------------------------------------------------------
 def cmd_train(args) -> int:
-    from mlxsft import events as ev
-    from mlxsft.progress import ProgressPrinter
     from mlxsft.train import train
 
     resume_from = None

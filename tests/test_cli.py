@@ -1,6 +1,7 @@
 """The command line as a user meets it: help on every command, data check output, and
 one-line errors (no traceback) with exit code 2 for every bad input."""
 
+import argparse
 import json
 import subprocess
 import sys
@@ -8,9 +9,24 @@ import sys
 import pytest
 
 from conftest import write_jsonl
-from mlxsft.cli import main
+from mlxsft.cli import build_parser, main
 
-COMMANDS = [[], ["train"], ["data"], ["data", "check"], ["eval"], ["env"]]
+def _commands(parser, prefix=()):
+    """Every command and subcommand of the parser, so a new one is covered without a list."""
+    yield list(prefix)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _commands(sub, (*prefix, name))
+
+
+COMMANDS = list(_commands(build_parser()))
+
+
+def test_the_command_list_is_complete():
+    assert {" ".join(c) for c in COMMANDS} >= {
+        "", "train", "data", "data check", "eval", "chat", "fuse", "export-adapter", "bench",
+        "env", "tui"}
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -19,6 +35,19 @@ def test_every_command_has_help(command, capsys):
         main(command + ["--help"])
     assert e.value.code == 0
     assert "usage: mlxsft" in capsys.readouterr().out
+
+
+def test_help_loads_no_heavy_library():
+    # The import rule (README, Contributing): --help must not wait for mlx, mlx_lm,
+    # transformers, numpy or textual.
+    code = ("import sys\nfrom mlxsft.cli import main\ntry:\n    main(['train', '--help'])\n"
+            "except SystemExit:\n    pass\n"
+            "heavy = {'mlx', 'mlx_lm', 'transformers', 'huggingface_hub', 'numpy', 'gguf', "
+            "'textual'}\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & heavy))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_train_help_states_the_lora_scale_convention(capsys):

@@ -31,6 +31,8 @@ from textual.timer import Timer
 from textual.widgets import Input, Tabs
 from textual.worker import get_current_worker
 
+# heavy: mlxsft.train (mlx, mlx_lm) is imported inside the methods that start a run, so the
+# app opens without waiting for it.
 from mlxsft import events as ev
 from mlxsft.checkpoints import ADAPTER_CONFIG
 from mlxsft.config import build_config

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+# heavy: the model loading and generation modules (mlx, mlx_lm) are imported inside the
+# functions the chat thread runs, so the app opens without waiting for them.
 from mlxsft.errors import UserError
 from mlxsft.tui.messages import Answers, ChatUpdate
 

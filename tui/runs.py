@@ -13,6 +13,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from mlxsft import events as ev
 from mlxsft.checkpoints import ADAPTER_CONFIG, ADAPTER_WEIGHTS, read_metrics
 from mlxsft.errors import UserError
@@ -39,8 +41,6 @@ def check_run_dir(run_dir: str | Path) -> Path:
 
 def run_settings(run_dir: Path) -> dict:
     """The resolved options of a run (RUN/config.yaml), or {} when it is missing."""
-    import yaml
-
     path = run_dir / "config.yaml"
     if not path.exists():
         return {}

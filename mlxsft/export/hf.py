@@ -5,9 +5,12 @@ config.json of a fused model, and writing a model directory with mlx-lm's `save_
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
+
+from mlx_lm.utils import save_config, save_model
+from safetensors import SafetensorError, safe_open
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from mlxsft.errors import UserError
 
@@ -17,7 +20,6 @@ def checkpoint_tensor_shapes(model_dir: str | Path) -> dict[str, list[int]] | No
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         return None
-    from safetensors import SafetensorError, safe_open
 
     shapes: dict[str, list[int]] = {}
     for path in sorted(model_dir.glob("*.safetensors")):
@@ -49,8 +51,6 @@ def hf_config(config: dict, dtype_name: str) -> dict:
     out = {k: v for k, v in config.items() if k not in ("quantization", "quantization_config")}
     out["torch_dtype"] = dtype_name
     if "architectures" not in out:
-        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
         if (cls := MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(out.get("model_type"))):
             out["architectures"] = [cls]
     return out
@@ -58,8 +58,6 @@ def hf_config(config: dict, dtype_name: str) -> dict:
 
 def write_model_dir(directory: Path, model, tokenizer, config: dict, base_path: Path) -> None:
     """Weights (sharded safetensors + index), config.json, tokenizer and chat template."""
-    from mlx_lm.utils import save_config, save_model
-
     save_model(directory, model)
     save_config(dict(config), directory / "config.json")
     tokenizer.save_pretrained(str(directory))

@@ -13,13 +13,15 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import mlx.core as mx
+
 from mlxsft.adapters import base_mismatch
 from mlxsft.checkpoints import ADAPTER_WEIGHTS, load_safetensors, read_adapter_config
 from mlxsft.errors import UserError
 from mlxsft.export.card import model_card
 from mlxsft.export.hf import checkpoint_tensor_names, checkpoint_tensor_shapes, names_missing_from
-from mlxsft.models import hub_id
 from mlxsft.export.staging import check_out_free, check_out_writable, staged
+from mlxsft.models import hub_id
 
 PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_CONFIG = "adapter_config.json"
@@ -132,8 +134,6 @@ class PeftExport:
 
 def export_peft(adapter: str | Path, out: str | Path, base: str | None = None) -> PeftExport:
     """Write OUT/adapter_model.safetensors + adapter_config.json (+ README.md) for PEFT."""
-    import mlx.core as mx
-
     adapter_dir = Path(adapter)
     config = read_adapter_config(adapter_dir)
     kind = config.get("fine_tune_type", "lora")

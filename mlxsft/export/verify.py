@@ -14,8 +14,16 @@ import gc
 from dataclasses import dataclass
 from pathlib import Path
 
+import mlx.core as mx
+import numpy as np
+
 from mlxsft.batching import pad_id
+from mlxsft.checkpoints import file_sha256
+from mlxsft.data import parse_record, read_jsonl
 from mlxsft.errors import UserError
+from mlxsft.evaluate import mean_nll
+from mlxsft.masking import Masker, encode_records
+from mlxsft.models import load_model, to_compute_precision
 
 MAX_RECORDS = 8  # held-out records verified: a few seconds even on a 1B model
 MAX_TOKENS = 256  # per record, for the loss
@@ -41,7 +49,6 @@ BUILTIN_CONVERSATIONS = [
 @dataclass
 class Verification:
     """The fused model (as written) against base + adapter on held-out records."""
-
     source: str  # where the records came from
     records: int
     supervised_tokens: int
@@ -71,7 +78,6 @@ class Verification:
 @dataclass
 class HeldOut:
     """The records verification runs on, tokenized and masked as training did."""
-
     records: list
     items: list  # Tokenized, with supervised tokens
     source: str
@@ -81,8 +87,6 @@ class HeldOut:
     @classmethod
     def of(cls, adapter_config: dict, tokenizer, limit: int = MAX_RECORDS) -> HeldOut:
         """The run's validation split if it is still on disk, else built-in conversations."""
-        from mlxsft.masking import Masker, encode_records
-
         records, source, notes = _held_out_records(adapter_config, limit)
         masker = Masker(tokenizer, adapter_config.get("mask", "assistant"), MAX_TOKENS)
         items = encode_records(masker, records, skip_invalid=True).items
@@ -97,9 +101,6 @@ class HeldOut:
 
 def _held_out_records(adapter_config: dict, limit: int):
     """(records, where they came from, notes)."""
-    from mlxsft.checkpoints import file_sha256
-    from mlxsft.data import parse_record, read_jsonl
-
     notes = []
     for entry in adapter_config.get("data") or []:
         path = Path(entry.get("path", ""))
@@ -121,17 +122,12 @@ def _held_out_records(adapter_config: dict, limit: int):
 
 def response_loss(model, items, tokenizer) -> float:
     """Mean NLL over the supervised tokens of `items`, as `mlxsft eval` computes it."""
-    from mlxsft.evaluate import mean_nll
-
     return mean_nll(model, items, 4, MAX_TOKENS, pad_id(tokenizer))[0]
 
 
 def logits_on(model, items) -> list:
     """float32 logits (NumPy) of the first records' first tokens: enough positions to see a
     difference, few enough to hold one model's in memory while the next one loads."""
-    import mlx.core as mx
-    import numpy as np
-
     out = []
     for item in items[:LOGIT_RECORDS]:
         logits = model(mx.array(item.tokens[:LOGIT_TOKENS])[None]).astype(mx.float32)
@@ -140,8 +136,6 @@ def logits_on(model, items) -> list:
 
 
 def release_model(loaded) -> None:
-    import mlx.core as mx
-
     loaded.model = None
     gc.collect()
     mx.clear_cache()
@@ -150,9 +144,6 @@ def release_model(loaded) -> None:
 def verify_written(target: Path, held_out: HeldOut, loss_base: float, loss_tuned: float,
                    tuned_logits: list) -> Verification:
     """Load what was written, as a user would, and compare it with base + adapter."""
-    from mlxsft.masking import Masker, encode_records
-    from mlxsft.models import load_model, to_compute_precision
-
     written = load_model(str(target))
     to_compute_precision(written)
     written.model.eval()
