@@ -7,9 +7,11 @@ import subprocess
 import sys
 
 import pytest
+from helpers.data import write_jsonl
+from helpers.tiny import build_tokenizer, save_model_dir
 
-from conftest import write_jsonl
 from mlxsft.cli import build_parser, main
+
 
 def _commands(parser, prefix=()):
     """Every command and subcommand of the parser, so a new one is covered without a list."""
@@ -184,7 +186,6 @@ def test_eval_base_vs_tuned(tiny_llama, tiny_data, tmp_path, capsys):
 
 
 def test_adapter_that_does_not_fit_its_base(tiny_llama, tiny_data, tmp_path, capsys):
-    from tiny import save_model_dir
 
     out = tmp_path / "run"
     assert main(["train", str(tiny_data), "--model", str(tiny_llama), "--out", str(out),
@@ -199,7 +200,6 @@ def test_adapter_that_does_not_fit_its_base(tiny_llama, tiny_data, tmp_path, cap
 
 def test_data_check_reports_content_the_template_drops(tmp_path, capsys):
     # Like Mistral v0.3's template, which leaves out the system prompt of some records.
-    from tiny import build_tokenizer, save_model_dir
 
     template = ("{% for m in messages %}{% if m.role != 'system' %}<|im_start|>{{ m.role }}\n"
                 "{{ m.content }}<|im_end|>\n{% endif %}{% endfor %}"

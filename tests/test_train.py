@@ -5,8 +5,8 @@ import math
 import os
 
 import pytest
+from helpers.tiny import save_model_dir
 
-from conftest import write_jsonl
 from mlxsft import events as ev
 from mlxsft.checkpoints import read_metrics
 from mlxsft.cli import main
@@ -74,7 +74,6 @@ def test_mlx_lm_loads_the_adapter_and_generates(tiny_llama, tiny_data, tmp_path)
 
 
 def test_quantized_base_qlora_and_qwen2(tmp_path, tiny_data):
-    from tiny import save_model_dir
 
     q4 = save_model_dir(tmp_path / "q4", quantize_bits=4)
     events = run_events(data=str(tiny_data), model=str(q4), out=str(tmp_path / "r1"), iters=4,

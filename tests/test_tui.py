@@ -11,12 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
-
-from conftest import write_jsonl
-from mlxsft import events as ev
+from helpers.data import write_jsonl
 from mlxsft.tui.app import QUEUED_NOTE, create_app
 from mlxsft.tui.chat_engine import EMPTY_NOTE
 from mlxsft.tui.messages import ChatUpdate, StepProgress, TrainDone, TrainEvent
+
+from mlxsft import events as ev
 
 pytest.importorskip("textual_plotext")
 

@@ -1,16 +1,19 @@
-"""`data check` must not report "no end-of-turn token supervised" when the supervised
-part does end with the template's end-of-turn token: Gemma 3's <end_of_turn> is special in
-added_tokens_decoder but is not one of the tokenizer's named special tokens."""
+"""`mlxsft data check`'s findings, checked on the records that prompted them (the command's
+output as a whole is tested in test_cli.py)."""
 
-from chat_templates import GEMMA
+from helpers.chat_templates import GEMMA
+from helpers.tiny import build_tokenizer
+
 from mlxsft.data import DataFile, Record
 from mlxsft.datacheck import check_split
 from mlxsft.masking import Masker
-from tiny import build_tokenizer
 
 
 def test_end_of_turn_special_only_in_added_tokens_is_recognized():
-    tok = build_tokenizer(["<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"], GEMMA, bos="<bos>", eos="<eos>")
+    # Gemma 3's <end_of_turn> is special in added_tokens_decoder but is not one of the
+    # tokenizer's named special tokens: it must not be reported as missing.
+    tok = build_tokenizer(["<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"], GEMMA,
+                          bos="<bos>", eos="<eos>")
     assert tok.convert_tokens_to_ids("<end_of_turn>") not in tok.all_special_ids  # as in Gemma 3
     records = [Record("d.jsonl", 1, "chat", [{"role": "user", "content": "hello"},
                                              {"role": "assistant", "content": "yes"}])]
