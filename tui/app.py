@@ -26,6 +26,7 @@ from typing import Callable
 from textual import on, work
 from textual.app import App
 from textual.binding import Binding
+from textual.reactive import reactive
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Input, Tabs
@@ -56,6 +57,10 @@ QUEUED_NOTE = ("queued: a run is training; answered when it stops (ctrl+t stops 
 
 class MlxsftApp(App):
     """Fine-tune with live loss curves, and compare the base and tuned models."""
+
+    # Whether a run is training: set when a run is launched and when its worker returns;
+    # `watch_training` is the one place the widgets and keys follow it.
+    training: reactive[bool] = reactive(False, init=False)
 
     TITLE = "mlxsft"
     CSS_PATH = "app.tcss"
@@ -91,7 +96,6 @@ class MlxsftApp(App):
         self.poll_seconds = poll_seconds
         self.settings: dict = {}  # options from --config / the opened run beyond the form
         self.run_dir: Path | None = None
-        self.training = False
         self.stop_event = threading.Event()
         self.quit_after_run = False
         self.answer_during_training = False
@@ -220,12 +224,9 @@ class MlxsftApp(App):
 
     def _launch(self, config, resume_from: Path | None = None) -> None:
         self._stop_polling()
-        self.training, self.answer_during_training = True, False
+        self.answer_during_training = False
         self.stop_event = threading.Event()
-        self.run_panel.set_running(True)
-        self.compare.set_status("a run is training: new prompts wait for it to stop "
-                                "(ctrl+n answers them now)")
-        self.refresh_bindings()
+        self.training = True
         self.train_worker(config, self.stop_event, resume_from, self.training_view.reports)
 
     @work(thread=True, exclusive=True, group="train", exit_on_error=False)
@@ -256,17 +257,21 @@ class MlxsftApp(App):
         if isinstance(event, ev.Failed):
             self.notify(event.message, title="training failed", severity="error", timeout=10)
 
+    def watch_training(self, running: bool) -> None:
+        self.run_panel.running = running
+        self.compare.set_status("a run is training: new prompts wait for it to stop "
+                                "(ctrl+n answers them now)" if running else "")
+        self.refresh_bindings()
+
     def on_train_done(self, message: TrainDone) -> None:
         self.training = False
-        self.run_panel.set_running(False)
         if message.error:
             self.show_error(message.error)
         self.compare.set_adapters(saved_adapters(self.run_dir))
-        self.compare.set_status("")
         queued, self.queued = self.queued, []
         for request in queued:
             self._dispatch(*request)
-        self.refresh_bindings()
+        self.refresh_bindings()  # ctrl+n: nothing is queued any more
         if self.quit_after_run:
             self.exit()
 
