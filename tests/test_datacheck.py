@@ -2,6 +2,7 @@
 output as a whole is tested in test_cli.py)."""
 
 from helpers.chat_templates import GEMMA
+from helpers.masks import supervised_ids
 from helpers.tiny import build_tokenizer
 
 from mlxsft.data import DataFile, Record
@@ -18,6 +19,5 @@ def test_end_of_turn_special_only_in_added_tokens_is_recognized():
     records = [Record("d.jsonl", 1, "chat", [{"role": "user", "content": "hello"},
                                              {"role": "assistant", "content": "yes"}])]
     report = check_split("train", DataFile("d.jsonl", records), Masker(tok))
-    assert report.items[0].tokens[[i for i, m in enumerate(report.items[0].loss_mask) if m][-1]] == \
-        tok.convert_tokens_to_ids("<end_of_turn>")
+    assert supervised_ids(report.items[0])[-1] == tok.convert_tokens_to_ids("<end_of_turn>")
     assert report.missing_end_of_turn == []

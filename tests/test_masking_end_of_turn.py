@@ -3,7 +3,7 @@ token that teaches the model to stop. Phi-3's <|end|> swallows the newline after
 (rstrip); Mistral's tool-call turn opens with a special token and ends at </s>."""
 
 import pytest
-from helpers.masks import a, parsed, supervised_text, u
+from helpers.masks import a, parsed, supervised_ids, supervised_text, u
 from helpers.tiny import build_tokenizer
 from tokenizers import AddedToken
 
@@ -49,7 +49,7 @@ def test_end_of_turn_token_with_rstrip_is_supervised():
     for mode, answers in (("assistant", ["Paris.", "It is."]), ("last", ["It is."])):
         item = Masker(tok, mode).encode(record)
         assert supervised_text(tok, item) == "".join(answer + "<|end|>" for answer in answers)
-        assert [t for t, m in zip(item.tokens, item.loss_mask) if m][-1] == end
+        assert supervised_ids(item)[-1] == end
 
 
 @pytest.mark.parametrize("mode", ["assistant", "last"])

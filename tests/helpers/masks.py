@@ -24,9 +24,14 @@ def parsed(messages: list[dict], line: int = 1) -> Record:
     return parse_record({"messages": messages}, "data.jsonl", line)
 
 
+def supervised_ids(item: Tokenized) -> list[int]:
+    """The tokens that carry loss, in order."""
+    return [t for t, m in zip(item.tokens, item.loss_mask) if m]
+
+
 def supervised_text(tok, item: Tokenized) -> str:
     """The decoded tokens that carry loss, run together."""
-    return tok.decode([t for t, m in zip(item.tokens, item.loss_mask) if m])
+    return tok.decode(supervised_ids(item))
 
 
 def masked_text(tok, item: Tokenized) -> str:
