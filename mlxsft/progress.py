@@ -49,10 +49,10 @@ class ProgressPrinter:
             return
         for _, text in ev.describe(event):
             if isinstance(event, ev.Finished):
-                text += f"; adapter: {event.adapter_dir}"  # the TUI shows it in its run panel
+                text += f"; adapter: {event.adapter_dir}"  # the TUI lists it in its chat pane
             self._line(text)
         if isinstance(event, ev.RunStarted):
-            # The terminal has room for the model's size, which the TUI's panel shows.
+            # The terminal also gets the model's whole size (the TUI's log line, the share).
             self._line(f"trainable parameters: {event.trainable_parameters:,} of "
                        f"{event.total_parameters:,}")
 
