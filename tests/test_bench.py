@@ -2,6 +2,8 @@
 
 import math
 
+import pytest
+
 from mlxsft.bench import flops_per_token, run_bench
 from mlxsft.cli import main
 from mlxsft.config import BenchConfig
@@ -21,6 +23,7 @@ def test_flops_per_token_matches_a_hand_count(tiny_llama):
     assert flops_per_token(model, seq, "full") == 3 * forward
 
 
+@pytest.mark.slow
 def test_bench_runs_the_real_step(tiny_llama, capsys):
     result = run_bench(BenchConfig(model=str(tiny_llama), batch_size=2, seq_len=32, steps=2,
                                    warmup=1))

@@ -171,6 +171,7 @@ def test_hub_id_offline_says_how_to_get_it(tmp_path, capsys, monkeypatch):
     assert "hf download some-org/some-model" in err
 
 
+@pytest.mark.slow
 def test_eval_base_vs_tuned(tiny_llama, tiny_data, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", str(tiny_data), "--model", str(tiny_llama), "--out", str(out),

@@ -198,6 +198,7 @@ def test_gguf_q8_0_export(tiny_llama, adapter, tmp_path):
     assert 1e-4 < v.max_logit_diff < 0.5 and abs(v.loss_fused - v.loss_tuned) < 0.01
 
 
+@pytest.mark.slow
 def test_gguf_qwen2_keeps_biases_and_row_order(tiny_data, tmp_path):
     from gguf import GGUFReader
 

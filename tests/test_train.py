@@ -19,6 +19,7 @@ def run_events(**kw):
     return list(train(TrainConfig(**kw)))
 
 
+@pytest.mark.slow
 def test_thirty_steps_lower_the_loss_and_write_exactly_the_run_files(tiny_llama, tiny_data, tmp_path):
     out = tmp_path / "run"
     events = run_events(data=str(tiny_data), model=str(tiny_llama), out=str(out), iters=30,

@@ -93,6 +93,7 @@ def fake_chat():
 
 
 # -- a real run on the tiny model ---------------------------------------------------
+@pytest.mark.slow
 def test_live_run_plots_steps_stops_with_an_adapter_and_compares(tiny_llama, tiny_data,
                                                                   tmp_path):
     out = tmp_path / "run"
