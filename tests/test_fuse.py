@@ -137,6 +137,7 @@ def unpack_affine(packed, scales, biases, group_size, bits):
     return (groups * scales[..., None] + biases[..., None]).reshape(q.shape)
 
 
+@pytest.mark.slow
 def test_a_quantized_base_is_dequantized_and_fused_in_float16(tiny_data, tmp_path):
 
     from mlxsft.export.fuse import fuse
