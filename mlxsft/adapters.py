@@ -14,6 +14,7 @@ from mlx_lm.tuner.utils import load_adapters
 from mlxsft.checkpoints import ADAPTER_WEIGHTS, load_safetensors, read_adapter_config
 from mlxsft.errors import UserError
 from mlxsft.models import load_model, to_compute_precision
+from mlxsft.templates import use_adapter_template
 
 # What an adapter records of its base (adapter_config.json) that a base must match.
 FIT_KEYS = ("model_type", "hidden_size", "num_hidden_layers")
@@ -49,6 +50,9 @@ def attach_adapter(loaded, adapter_dir: str | Path) -> dict:
         raise UserError(f"--adapter {adapter_dir}: does not fit --model {loaded.source} "
                         f"({trained_on}): {detail}") from None
     loaded.model.eval()
+    # The chat template (and template kwargs) it was trained with, so chat, eval, the TUI
+    # and fuse (which saves this tokenizer) render as training did.
+    use_adapter_template(loaded.tokenizer, config)
     return config
 
 

@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import TextIO
 
 from mlxsft.adapters import adapter_base, load_for_inference
+from mlxsft.checkpoints import read_adapter_config
 from mlxsft.errors import UserError
 from mlxsft.generate import reply, stream_reply
+from mlxsft.templates import use_adapter_template
 
 
 @dataclass
@@ -34,7 +36,11 @@ def load_chat_models(model: str | None, adapter: str | None, compare: bool) -> C
         tuned = load_for_inference(model, adapter)
         if not compare:
             return ChatModels([("tuned", tuned)])
-        return ChatModels([("base", load_for_inference(model)), ("tuned", tuned)])
+        base = load_for_inference(model)
+        # The base answers in the same template (and template kwargs) as the tuned model,
+        # so --compare shows what the tuning changed, not a rendering difference.
+        use_adapter_template(base.tokenizer, read_adapter_config(adapter))
+        return ChatModels([("base", base), ("tuned", tuned)])
     return ChatModels([("base", load_for_inference(model))])
 
 

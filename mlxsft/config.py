@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import json
 import math
 import types
 import typing
@@ -29,9 +30,10 @@ import yaml
 from mlxsft.errors import UserError
 from mlxsft.masking import MASK_MODES
 from mlxsft.models import DEFAULT_MODEL
+from mlxsft.templates import THINKING_MODES
 
 # Section titles of --help, in the order they are printed.
-GROUPS = ("data", "model", "LoRA", "optimizer", "evaluation and saving", "generation",
+GROUPS = ("data", "data source", "model", "LoRA", "optimizer", "evaluation and saving", "generation",
           "output", "benchmark", "run")
 
 Check = tuple[Callable[[Any], bool], str]  # (predicate, what the value must be)
@@ -42,8 +44,10 @@ def option(default, help: str, group: str, *, choices=None, positional=False,
     """A dataclass field that is also a command-line option.
 
     `check` is a (predicate, "what it must be") pair applied to flags as they are parsed
-    and to YAML values in `validate`; `repeat` makes a list option that is given once per
-    value (`--prompt A --prompt B`) rather than as one list (`--lora-targets a b`).
+    and to YAML values in `validate`. A list option is given as one list (`--lora-targets
+    a b`); `repeat=True` makes it one value per flag (`--prompt A --prompt B`), and
+    `repeat="extend"` lets the list flag be given again (`--template-kwarg a=1 --template-kwarg
+    b=2`).
     """
     assert group in GROUPS, group
     return field(default=default, metadata={
@@ -123,9 +127,47 @@ def json_option(what: str = "one JSON object"):
     return option(False, f"print {what}", "output")
 
 
+@dataclass
+class DataSourceOptions:
+    """Where the data comes from and how it renders (mlxsft.data, mlxsft.templates): the
+    options `train`, `data check` and the curation commands share."""
+
+    data_split: str | None = option(None, "for a hub dataset DATA: train on this split "
+                                    "(train, validation, test); also DATA=org/name:split",
+                                    "data source")
+    data_config: str | None = option(None, "for a hub dataset DATA: the config (subset) to "
+                                     "read", "data source")
+    data_revision: str | None = option(None, "for a hub dataset DATA: a branch, tag or commit",
+                                       "data source")
+    prompt_key: str | None = option(None, "column holding the prompt (with --response-key), "
+                                    "for tables in no known shape", "data source")
+    response_key: str | None = option(None, "column holding the response to train on",
+                                      "data source")
+    messages_key: str | None = option(None, "column holding the conversation (a list of "
+                                      "role/content or from/value messages)", "data source")
+    chat_template: str | None = option(None, "render with this chat template instead of the "
+                                       "tokenizer's: a .jinja file, chatml, or a model id or "
+                                       "directory whose template to borrow (saved with the "
+                                       "adapter)", "data source")
+    template_kwarg: list[str] | None = option(None, "KEY=VALUE passed to the chat template, "
+                                              "e.g. enable_thinking=false (repeatable; saved "
+                                              "with the adapter)", "data source",
+                                              repeat="extend")
+    thinking: str = option("keep", "reasoning blocks (<think>...</think>) of assistant turns: "
+                           "keep them, strip-history (drop them from all but the last turn, "
+                           "as thinking models see history), off (drop them all)",
+                           "data source", choices=THINKING_MODES)
+
+
+# The fields above, for commands that take only some of them (mlxsft.datacli).
+DATA_FIELDS = tuple(f.name for f in dataclasses.fields(DataSourceOptions))
+
+
 # -- one dataclass per command ---------------------------------------------------------
 @dataclass
-class TrainConfig:
+class _TrainOptions:
+    """`train`'s own options; TrainConfig puts the data source ones after them."""
+
     data: str | None = option(None, "training data: a .jsonl file, or a directory with "
                               "train.jsonl (and valid.jsonl, test.jsonl)", "data",
                               positional=True)
@@ -190,13 +232,20 @@ class TrainConfig:
     skip_invalid: bool = skip_invalid_option()
     trust_remote_code: bool = trust_remote_code_option()
 
+
+@dataclass
+class TrainConfig(DataSourceOptions, _TrainOptions):
+    """`mlxsft train` (and the TUI's run): its flags, its YAML keys and its saved
+    config.yaml, in this order (dataclasses put a later base's fields first)."""
+
     def resolved(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 @dataclass
-class DataCheckConfig:
-    data: str = option(None, "a .jsonl file or a directory with train.jsonl / valid.jsonl",
+class DataCheckConfig(DataSourceOptions):
+    data: str = option(None, "a .jsonl/.json/.parquet file, a directory with train.jsonl / "
+                       "valid.jsonl, or a Hugging Face dataset id (org/name, org/name:split)",
                        "data", positional=True, required=True)
     model: str = model_option()
     trust_remote_code: bool = trust_remote_code_option()
@@ -209,6 +258,9 @@ class DataCheckConfig:
                              "summary")
     color: bool | None = option(None, "colour for --show (default: when writing to a "
                                 "terminal)", "output")
+    against: str | None = option(None, "also report training records that (nearly) repeat a "
+                                 "record of this held-out file (leakage)", "data",
+                                 metavar="HELD_OUT")
 
 
 @dataclass
@@ -337,12 +389,13 @@ def _checked(tp, check: Check | None):
     return parse
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls=TrainConfig) -> None:
-    """Add one flag per field, in a --help section per group; defaults stay None so
-    YAML values are not overridden (the dataclass fills in the rest)."""
+def add_arguments(parser: argparse.ArgumentParser, cls=TrainConfig, only=None) -> None:
+    """Add one flag per field (or per field named in `only`), in a --help section per
+    group; defaults stay None so YAML values are not overridden (the dataclass fills in
+    the rest)."""
     hints = _hints(cls)
     sections: dict[str, argparse._ArgumentGroup] = {}
-    fields = dataclasses.fields(cls)
+    fields = [f for f in dataclasses.fields(cls) if only is None or f.name in only]
     for name in GROUPS:  # sections in GROUPS order, whatever the field order
         if any(f.metadata["group"] == name for f in fields):
             sections[name] = parser.add_argument_group(f"{name} options")
@@ -366,10 +419,11 @@ def add_arguments(parser: argparse.ArgumentParser, cls=TrainConfig) -> None:
         if tp is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         elif typing.get_origin(tp) is list:
-            if meta["repeat"]:
+            if meta["repeat"] is True:
                 group.add_argument(flag, action="append", **kwargs)
             else:
-                group.add_argument(flag, nargs="+", **kwargs)
+                group.add_argument(flag, nargs="+", **kwargs,
+                                   action="extend" if meta["repeat"] == "extend" else None)
         else:
             group.add_argument(flag, type=_checked(tp, meta["check"]), choices=meta["choices"],
                                **kwargs)
@@ -438,6 +492,8 @@ def _coerce(f: dataclasses.Field, tp, value, source):
             if not isinstance(value, bool):
                 raise TypeError
         elif typing.get_origin(tp) is list:
+            if isinstance(value, dict):  # YAML `template_kwarg: {enable_thinking: false}`
+                value = [f"{k}={json.dumps(v)}" for k, v in value.items()]
             value = [str(v) for v in (value if isinstance(value, list) else [value])]
         elif tp is float:
             value = float(value)

@@ -14,10 +14,12 @@ import mlx.core as mx
 
 from mlxsft.adapters import load_for_inference
 from mlxsft.batching import iterate_batches, pad_id
+from mlxsft.checkpoints import read_adapter_config
 from mlxsft.data import load_splits
 from mlxsft.errors import UserError
 from mlxsft.loss import masked_nll_sum
 from mlxsft.masking import Masker, Tokenized, encode_records
+from mlxsft.templates import TemplateChoice
 
 
 def mean_nll(model, items: Sequence[Tokenized], batch_size: int, max_seq_len: int,
@@ -62,7 +64,9 @@ def evaluate_data(data: str, model: str | None = None, adapter: str | None = Non
     splits = load_splits(data, skip_invalid)
     # A data directory is evaluated on its held-out split when it has one.
     split = splits.get("valid") or splits.get("test") or splits["train"]
-    masker = Masker(loaded.tokenizer, mask, max_seq_len)
+    # An adapter trained with --thinking strip-history/off is evaluated on the same text.
+    thinking = read_adapter_config(adapter).get("thinking", "keep") if adapter else "keep"
+    masker = Masker(loaded.tokenizer, mask, max_seq_len, TemplateChoice(thinking=thinking))
     encoded = encode_records(masker, split.records, skip_invalid)
     if not encoded.items:
         raise UserError(f"{split.path}: no record has supervised tokens to evaluate")
