@@ -25,6 +25,17 @@ class Event:
 
 
 @dataclass
+class Setup(Event):
+    """A setup stage is starting (loading the model, tokenizing, compiling the step), so
+    a long silence before the first step report says what it is waiting for. Not
+    written to metrics.jsonl: it precedes the run's first line."""
+
+    kind: ClassVar[str] = "setup"
+    stage: str  # "load", "tokenize" or "compile"
+    message: str
+
+
+@dataclass
 class RunStarted(Event):
     """The run is set up: model loaded, data tokenized, compiled step about to run."""
 
@@ -105,7 +116,7 @@ class Failed(Event):
 
 
 EVENT_TYPES: dict[str, type[Event]] = {cls.kind: cls for cls in (
-    RunStarted, StepReport, EvalReport, CheckpointSaved, RunWarning, Finished, Failed)}
+    Setup, RunStarted, StepReport, EvalReport, CheckpointSaved, RunWarning, Finished, Failed)}
 
 
 def from_json(record: dict) -> Event | None:
@@ -123,6 +134,8 @@ def from_json(record: dict) -> Event | None:
 def describe(event: Event) -> list[tuple[str, str]]:
     """(severity, line) pairs: the text of an event for a log; step reports have none
     (each front end draws its own progress). Severity: note, info, good, warning, error."""
+    if isinstance(event, Setup):
+        return [("info", f"{event.message}...")]
     if isinstance(event, RunStarted):
         share = 100 * event.trainable_parameters / max(event.total_parameters, 1)
         notes = [("note", f"note: {m}") for m in event.messages]
