@@ -47,14 +47,22 @@ class ProgressPrinter:
             self.stream.flush()
             print(f"mlxsft: error: {event.message}", file=self.errors, flush=True)
             return
+        if isinstance(event, ev.RunStarted):
+            # The terminal's own, fuller start: the model's whole size and where the run
+            # goes, on lines of their own (the TUI shows these in its panels).
+            for severity, text in ev.describe(event):
+                if severity == "note":
+                    self._line(text)
+            share = 100 * event.trainable_parameters / max(event.total_parameters, 1)
+            self._line(f"trainable parameters: {event.trainable_parameters:,} of "
+                       f"{event.total_parameters:,} ({share:.3f}%)")
+            self._line(f"training on {event.train_records} records, validating on "
+                       f"{event.valid_records}, for {event.total_steps} steps -> {event.run_dir}")
+            return
         for _, text in ev.describe(event):
             if isinstance(event, ev.Finished):
                 text += f"; adapter: {event.adapter_dir}"  # the TUI lists it in its chat pane
             self._line(text)
-        if isinstance(event, ev.RunStarted):
-            # The terminal also gets the model's whole size (the TUI's log line, the share).
-            self._line(f"trainable parameters: {event.trainable_parameters:,} of "
-                       f"{event.total_parameters:,}")
 
     def progress(self, e) -> str:
         width = 20
