@@ -73,4 +73,8 @@ def evaluate_data(data: str, model: str | None = None, adapter: str | None = Non
     loaded.model.eval()
     loss, n = mean_nll(loaded.model, encoded.items, batch_size, max_seq_len,
                        pad_id(loaded.tokenizer))
+    if not math.isfinite(loss):
+        what = f"{loaded.source} + {adapter}" if adapter else loaded.source
+        raise UserError(f"{split.path}: the loss of {what} is {loss} (non-finite): the model "
+                        "produces NaN or infinite logits on this data; check its weights")
     return EvalResult(split.path, loaded.source, adapter, len(encoded.items), n, loss)

@@ -26,6 +26,7 @@ from mlxsft.checkpoints import file_sha256, read_adapter_config
 from mlxsft.config import TrainConfig
 from mlxsft.errors import UserError
 from mlxsft.prepare import prepare_data, read_data
+from mlxsft.provenance import public_data, public_name, public_template
 from mlxsft.rundir import (RunDir, changed_data, newest, read_checkpoint, resume_point,
                            run_of, save_failure, saved_adapters, unit_bytes)
 
@@ -169,13 +170,16 @@ class Trainer:
             out.update(num_layers=self.lora.num_layers,
                        lora_parameters=self.lora.mlx_lm_parameters(),
                        lora_alpha=self.lora.alpha)
-        out.update(base_model=loaded.source, base_model_path=str(Path(loaded.path).resolve()),
-                   base_model_kind=loaded.kind, base_quantization=loaded.quantization,
+        # Names and hashes only: this file is shared with the adapter; the local paths a
+        # later command needs are in RUN/config.yaml (see mlxsft.provenance).
+        out.update(base_model=public_name(loaded.source), base_model_kind=loaded.kind, base_quantization=loaded.quantization,
                    model_type=loaded.config.get("model_type"),
                    hidden_size=loaded.config.get("hidden_size"),
                    num_hidden_layers=loaded.config.get("num_hidden_layers"),
-                   data=self.data.files, mask=config.mask, max_seq_len=config.max_seq_len,
-                   **self.data.template,  # chat template + kwargs: chat and fuse render alike
+                   data=public_data(self.data.files), mask=config.mask,
+                   max_seq_len=config.max_seq_len,
+                   # chat template + kwargs: chat and fuse render alike
+                   **public_template(self.data.template),
                    mlxsft_version=__version__, step=step, val_loss=val_loss,
                    train_loss=train_loss)
         return out

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from mlxsft.adapters import base_mismatch
+from mlxsft.adapters import base_mismatch, check_finite
+from mlxsft.provenance import local_base as local_base_of
+from mlxsft.provenance import public_name
 from mlxsft.checkpoints import ADAPTER_WEIGHTS, load_safetensors, read_adapter_config
 from mlxsft.errors import UserError
 from mlxsft.export.card import model_card
@@ -143,6 +145,7 @@ def export_peft(adapter: str | Path, out: str | Path, base: str | None = None) -
     check_out_free(Path(out))
     check_out_writable(Path(out))
     weights = load_safetensors(adapter_dir / ADAPTER_WEIGHTS, f"--adapter {adapter_dir}")
+    check_finite(weights, adapter_dir / ADAPTER_WEIGHTS)
     tensors = peft_tensors(weights)
     modules = sorted({n.rsplit(".", 1)[0] for n in weights})
     rank = config["lora_parameters"]["rank"]
@@ -152,8 +155,9 @@ def export_peft(adapter: str | Path, out: str | Path, base: str | None = None) -
                             f"not rank {rank} as adapter_config.json says")
     notes = []
     recorded = config.get("base_model")
-    base_name = base or hub_id(recorded) or config.get("base_model_path") or recorded
-    local_base = base or config.get("base_model_path")
+    # Published: a hub id or the base's name, never where it sits on this machine.
+    base_name = public_name(base) if base else (hub_id(recorded) or recorded)
+    local_base = base or local_base_of(adapter_dir, config)
     base_config = _local_config(local_base)
     if local_base and base_config is not None:
         _check_base_fits(adapter_dir, config, Path(local_base), base_config, weights)
@@ -180,7 +184,7 @@ def export_peft(adapter: str | Path, out: str | Path, base: str | None = None) -
                           "## Use", "", "```python", "from peft import PeftModel",
                           "from transformers import AutoModelForCausalLM", "",
                           f"base = AutoModelForCausalLM.from_pretrained({base_name!r})",
-                          f"model = PeftModel.from_pretrained(base, {str(Path(out))!r})",
+                          f"model = PeftModel.from_pretrained(base, {Path(out).name!r})",
                           "```"], "peft")
     with staged(out) as tmp:
         mx.save_safetensors(str(tmp / PEFT_WEIGHTS), tensors, metadata={"format": "pt"})
