@@ -20,14 +20,16 @@ from mlxsft.templates import use_adapter_template
 FIT_KEYS = ("model_type", "hidden_size", "num_hidden_layers")
 
 
-def base_mismatch(adapter_config: dict, base_config: dict, base_label: str) -> str | None:
+def base_mismatch(adapter_config: dict, base_config: dict, base_label: str,
+                  trained_on: str | None = None) -> str | None:
     """Why an adapter cannot fit a base, by their configs (None when nothing disagrees):
-    'trained on X (hidden_size 64), but <base_label> has hidden_size 32'."""
+    'trained on X (hidden_size 64), but <base_label> has hidden_size 32'. X is
+    `trained_on`, else the base the adapter records."""
+    trained_on = trained_on or adapter_config.get("base_model", "unknown")
     for key in FIT_KEYS:
         want, have = adapter_config.get(key), base_config.get(key)
         if want is not None and have is not None and want != have:
-            return (f"trained on {adapter_config.get('base_model', 'unknown')} ({key} {want}), "
-                    f"but {base_label} has {key} {have}")
+            return f"trained on {trained_on} ({key} {want}), but {base_label} has {key} {have}"
     return None
 
 
@@ -40,7 +42,7 @@ def attach_adapter(loaded, adapter_dir: str | Path) -> dict:
     # Said here, not published: the local path when the adapter's run knows it.
     base = local_base(adapter_dir, config) or config.get("base_model", "unknown")
     trained_on = f"trained on {base}"
-    why = base_mismatch(config, loaded.config, f"--model {loaded.source}")
+    why = base_mismatch(config, loaded.config, f"--model {loaded.source}", base)
     if why:
         raise UserError(f"--adapter {adapter_dir}: {why}; pass the adapter's base model")
     # A damaged file is not a mismatch: say so before mlx-lm reads it.
