@@ -10,7 +10,16 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
-from mlxsft.masking import Tokenized
+import mlx.core as mx
+
+from mlxsft.adapters import load_for_inference
+from mlxsft.batching import iterate_batches, pad_id
+from mlxsft.checkpoints import read_adapter_config
+from mlxsft.data import load_splits
+from mlxsft.errors import UserError
+from mlxsft.loss import masked_nll_sum
+from mlxsft.masking import Masker, Tokenized, encode_records
+from mlxsft.templates import TemplateChoice
 
 if TYPE_CHECKING:
     from mlxsft.answers import AnswerScore
@@ -19,11 +28,6 @@ if TYPE_CHECKING:
 def mean_nll(model, items: Sequence[Tokenized], batch_size: int, max_seq_len: int,
              pad_id: int = 0, max_batches: int = -1) -> tuple[float, int]:
     """(mean NLL over all supervised tokens, their count), batches in length order."""
-    import mlx.core as mx
-
-    from mlxsft.batching import iterate_batches
-    from mlxsft.loss import masked_nll_sum
-
     total, count = 0.0, 0
     for i, batch in enumerate(iterate_batches(items, batch_size, max_seq_len, shuffle=False,
                                               pad_id=pad_id, loop=False)):
@@ -66,13 +70,6 @@ def evaluate_data(data: str, model: str | None = None, adapter: str | None = Non
     """Load the model (+ adapter), mask the data as training does, and average the NLL;
     with `answers`, also generate replies to that many held-out records and judge them
     (`mlxsft.answers`)."""
-    from mlxsft.adapters import load_for_inference
-    from mlxsft.checkpoints import read_adapter_config
-    from mlxsft.data import load_splits
-    from mlxsft.errors import UserError
-    from mlxsft.masking import Masker, encode_records
-    from mlxsft.templates import TemplateChoice
-
     loaded = loaded or load_for_inference(model, adapter)
     splits = load_splits(data, skip_invalid)
     # A data directory is evaluated on its held-out split when it has one.
@@ -83,10 +80,9 @@ def evaluate_data(data: str, model: str | None = None, adapter: str | None = Non
     encoded = encode_records(masker, split.records, skip_invalid)
     if not encoded.items:
         raise UserError(f"{split.path}: no record has supervised tokens to evaluate")
-    tok = loaded.tokenizer
-    pad = tok.pad_token_id if getattr(tok, "pad_token_id", None) is not None else 0
     loaded.model.eval()
-    loss, n = mean_nll(loaded.model, encoded.items, batch_size, max_seq_len, pad)
+    loss, n = mean_nll(loaded.model, encoded.items, batch_size, max_seq_len,
+                       pad_id(loaded.tokenizer))
     if not math.isfinite(loss):
         what = f"{loaded.source} + {adapter}" if adapter else loaded.source
         raise UserError(f"{split.path}: the loss of {what} is {loss} (non-finite): the model "

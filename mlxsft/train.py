@@ -20,6 +20,8 @@ from typing import Callable, Iterator
 
 from mlxsft import __version__
 from mlxsft import events as ev
+from mlxsft.adapters import base_mismatch
+from mlxsft.batching import pad_id
 from mlxsft.checkpoints import file_sha256, read_adapter_config
 from mlxsft.config import TrainConfig
 from mlxsft.errors import UserError
@@ -250,12 +252,10 @@ class Trainer:
         from mlx.utils import tree_unflatten
 
         saved, weights, optimizer = read_checkpoint(unit)
-        for key in ("model_type", "hidden_size", "num_hidden_layers"):
-            want, have = saved.get(key), self.loaded.config.get(key)
-            if want is not None and have is not None and want != have:
-                raise UserError(f"--resume {unit}: trained on {saved.get('base_model')} "
-                                f"({key} {want}), but --model {self.loaded.source} has {key} "
-                                f"{have}; drop --model to resume on the run's own base")
+        why = base_mismatch(saved, self.loaded.config, f"--model {self.loaded.source}")
+        if why:
+            raise UserError(f"--resume {unit}: {why}; drop --model to resume on the run's own "
+                            "base")
         try:
             self.loaded.model.load_weights(list(weights.items()), strict=False)
         except ValueError as e:
@@ -338,13 +338,10 @@ class Trainer:
         model.eval()
         try:
             return mean_nll(model, self.data.valid, self.config.batch_size,
-                            self.config.max_seq_len, self._pad_id(), self.config.val_batches)
+                            self.config.max_seq_len, pad_id(self.loaded.tokenizer),
+                            self.config.val_batches)
         finally:
             model.train()
-
-    def _pad_id(self) -> int:
-        tok = self.loaded.tokenizer
-        return tok.pad_token_id if getattr(tok, "pad_token_id", None) is not None else 0
 
     # -- the loop --------------------------------------------------------------------
     def run(self) -> Iterator[ev.Event]:
@@ -397,7 +394,7 @@ class Trainer:
         config, model = self.config, self.loaded.model
         model.train()
         batches = iterate_batches(self.data.train, config.batch_size, config.max_seq_len,
-                                  seed=config.seed, pad_id=self._pad_id())
+                                  seed=config.seed, pad_id=pad_id(self.loaded.tokenizer))
         for _ in range(start_step * config.grad_accum):
             next(batches)  # the same data order as an uninterrupted run
         tokens = supervised = 0

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_jsonl
+from helpers.data import write_jsonl
 from mlxsft.answers import held_out_turns, judge, score_answers
 from mlxsft.cli import main
 from mlxsft.data import read_jsonl

@@ -20,10 +20,11 @@ from mlx.utils import tree_flatten
 gguf = pytest.importorskip("gguf")
 from gguf import GGMLQuantizationType as T  # noqa: E402
 from gguf import GGUFWriter, quants  # noqa: E402
+from helpers.chat_templates import CHATML
+from helpers.tiny import corpus
 
 from mlxsft.errors import UserError  # noqa: E402
-from mlxsft.gguf.reader import (GGML_TYPES, gguf_summary, is_gguf, load_gguf,  # noqa: E402
-                         load_gguf_tokenizer)
+from mlxsft.gguf.reader import GGML_TYPES, gguf_summary, is_gguf, load_gguf, load_gguf_tokenizer  # noqa: E402
 
 CONFIG = {"hidden_size": 64, "num_hidden_layers": 2, "intermediate_size": 128,
           "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-5,
@@ -42,10 +43,7 @@ LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,
 
 # -- a tiny HF tokenizer, laid out as each family's tokenizer.json is ----------------------
 def hf_tokenizer(pre="gpt-2"):
-    from chat_templates import CHATML
-    from tiny import corpus
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
-    from tokenizers import trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=pre != "llama-bpe")
@@ -469,7 +467,7 @@ def test_a_gguf_on_read_only_storage_loads(tmp_path, chatml):
 def sentencepiece_tokenizer():
     """Laid out as Llama 2's tokenizer.json: BPE with byte fallback over a "▁"-prefixed
     text, <unk> <s> </s> and the 256 byte tokens first, BOS added."""
-    from tiny import corpus
+    from helpers.tiny import corpus
     from tokenizers import Tokenizer, decoders, models, normalizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 

@@ -82,7 +82,7 @@ WIDE = dict(hidden_size=256, intermediate_size=512, num_attention_heads=4,
 
 def q4_k_m_gguf(tmp_path, arch):
     """A tiny model written as llama.cpp's Q4_K_M (gguf's writer, our K-quant encoder)."""
-    from tiny import save_model_dir
+    from helpers.tiny import save_model_dir
 
     from mlxsft.gguf.writer import tokenizer_metadata, write_gguf
     from mlxsft.models import load_model

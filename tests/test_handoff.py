@@ -4,7 +4,7 @@ formats, and `fuse --format ollama|lmstudio` writing exactly the files those run
 import os
 
 import pytest
-from tiny import build_template_tokenizer, build_tokenizer
+from helpers.tiny import build_template_tokenizer, build_tokenizer
 
 from mlxsft.export.handoff import go_template, lmstudio_path, modelfile, stop_tokens
 

@@ -164,11 +164,11 @@ def fuse(adapter: str | Path, out: str | Path, model: str | None = None, fmt: st
     with staged(out, single_file=fmt in ("gguf", "lmstudio")) as target:
         written = target
         if fmt in GGUF_FORMATS:
-            from mlxsft.gguf.writer import FLOAT_TYPES, write_gguf
+            from mlxsft.gguf.writer import GGUF_TYPE_OF_DTYPE, write_gguf
 
             if fmt == "ollama":
                 written = target / f"{out.name}.gguf"
-            write_gguf(written, loaded.model, config, tokenizer_md, FLOAT_TYPES[out_dtype],
+            write_gguf(written, loaded.model, config, tokenizer_md, GGUF_TYPE_OF_DTYPE[out_dtype],
                        quantize if isinstance(quantize, str) else quantization,
                        name=out.stem, notes=notes, **source)
             if fmt == "ollama":
@@ -267,7 +267,7 @@ def _base_and_tuned(loaded, adapter_dir: Path, held_out: HeldOut):
 def _fuse_weights(loaded, out_dtype: str, fmt: str, quantize: int | None):
     """Fuse in place, MLX-quantize for --format mlx; (config to write, quantization label)."""
     from mlxsft.export.hf import hf_config
-    from mlxsft.gguf.writer import QUANT_TYPES
+    from mlxsft.gguf.writer import GGUF_TYPE_OF_BITS
     from mlxsft.models import quantize_model
 
     fuse_lora_layers(loaded.model, out_dtype)
@@ -278,7 +278,7 @@ def _fuse_weights(loaded, out_dtype: str, fmt: str, quantize: int | None):
         return config, f"{quantize}-bit (group size {group_size})"
     if isinstance(quantize, str):
         return config, ("the source GGUF's types" if quantize == "same" else quantize.upper())
-    return config, QUANT_TYPES[quantize] if quantize else None
+    return config, GGUF_TYPE_OF_BITS[quantize] if quantize else None
 
 
 def _source_types(loaded, quantize) -> dict:

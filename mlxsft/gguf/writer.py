@@ -25,8 +25,10 @@ from mlxsft.errors import UserError
 
 # model_type -> GGUF architecture; mlx-lm runs mistral with its llama model, llama.cpp too.
 GGUF_ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
-FLOAT_TYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
-QUANT_TYPES = {8: "Q8_0", 4: "Q4_1"}  # Q4_1 is affine (scale and minimum), as MLX's 4-bit
+# The GGUF tensor type written for an output float dtype, and for --quantize BITS (Q4_1 is
+# affine, scale and minimum, as MLX's 4-bit). reader.FLOAT_TYPES is the set it can read.
+GGUF_TYPE_OF_DTYPE = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
+GGUF_TYPE_OF_BITS = {8: "Q8_0", 4: "Q4_1"}
 # The tokenizer.ggml.pre names tried, one per distinct behaviour in mlxsft.gguf.tokenizer.
 PRE_CANDIDATES = ("gpt-2", "smollm", "llama-bpe", "qwen2", "stablelm2", "dbrx", "default")
 # llama.cpp's own check text for telling pre-tokenizers apart (convert_hf_to_gguf_update.py).
