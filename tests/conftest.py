@@ -8,12 +8,13 @@ or `--run-slow`). Every run prints the slowest durations (`--durations` in pypro
 
 import os
 
-import pytest
-from helpers.data import arithmetic_records, write_jsonl
-from helpers.tiny import save_model_dir
+# mlxsft first: it must point MLX at the optimized BLAS before mlx.core is imported (the
+# helpers below import mlx).
+import mlxsft  # noqa: F401, I001
 
-# mlxsft first: it must point MLX at the optimized BLAS before mlx.core is imported.
-import mlxsft  # noqa: F401
+import pytest  # noqa: E402
+from helpers.data import arithmetic_records, write_jsonl  # noqa: E402
+from helpers.tiny import save_model_dir  # noqa: E402
 
 
 def pytest_addoption(parser):
