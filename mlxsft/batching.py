@@ -51,6 +51,12 @@ class Batch:
     def supervised_count(self) -> int:
         return int(self.loss_mask.sum())
 
+    def arrays(self) -> tuple:
+        """The MLX arrays the compiled step takes (`mlxsft.loss.batch_nll_sum`'s inputs)."""
+        import mlx.core as mx
+
+        return mx.array(self.tokens), mx.array(self.loss_mask)
+
 
 def make_batch(items: Sequence[Tokenized], width: int, pad_id: int = 0) -> Batch:
     tokens = np.full((len(items), width), pad_id, dtype=np.int32)

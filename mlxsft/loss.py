@@ -26,6 +26,11 @@ def masked_nll_sum(model, tokens: mx.array, loss_mask: mx.array) -> tuple[mx.arr
     return (nll * mask).sum(), mask.sum()
 
 
+def batch_nll_sum(model, tokens: mx.array, loss_mask: mx.array) -> tuple[mx.array, mx.array]:
+    """The training step's loss over one `Batch.arrays()`: (NLL sum, supervised count)."""
+    return masked_nll_sum(model, tokens, loss_mask)
+
+
 def masked_mean_loss(model, tokens: mx.array, loss_mask: mx.array) -> mx.array:
     """The mean NLL over supervised tokens of one batch (0 when there are none)."""
     total, count = masked_nll_sum(model, tokens, loss_mask)

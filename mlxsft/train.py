@@ -4,10 +4,8 @@
 no UI. It also appends every event to RUN/metrics.jsonl, the stream the TUI and scripts
 read. Everything MLX happens on the calling thread (MLX streams are thread-local).
 
-The step is compiled once per bucket shape with explicit state (model, optimizer, RNG).
-The loss is the NLL summed over supervised tokens; gradients are divided by the number
-of supervised tokens in the whole accumulated batch, so accumulation over micro-batches
-equals one big batch.
+Model preparation and the compiled step (with its token-weighted gradient accumulation)
+live in `mlxsft.step`; this module is the loop around them and the run's files.
 """
 
 from __future__ import annotations
@@ -16,7 +14,6 @@ import math
 import os
 import time
 from datetime import datetime
-from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -31,49 +28,14 @@ from mlxsft.checkpoints import (
 from mlxsft.config import TrainConfig
 from mlxsft.errors import UserError
 from mlxsft.prepare import prepare_data, read_data
+from mlxsft.step import TrainStep, prepare_model
 
 
 OPTIMIZER_STATE = "optimizer.safetensors"
 
 
-def learning_rate_schedule(config: TrainConfig, total_steps: int):
-    import mlx.optimizers as optim
-
-    warmup = int(config.warmup * total_steps) if config.warmup < 1 else int(config.warmup)
-    warmup = min(warmup, max(total_steps - 1, 0))
-    peak = config.learning_rate
-    decay_steps = max(total_steps - warmup, 1)
-    if config.lr_schedule == "cosine":
-        decay = optim.cosine_decay(peak, decay_steps, end=peak * 0.1)
-    elif config.lr_schedule == "linear":
-        decay = optim.linear_schedule(peak, peak * 0.1, decay_steps)
-    else:
-        decay = lambda step: peak  # noqa: E731
-    if warmup == 0:
-        return decay
-    return optim.join_schedules([optim.linear_schedule(peak / warmup, peak, warmup), decay],
-                                [warmup])
-
-
 def default_run_dir() -> Path:
     return Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
-
-
-def _checkpointed(layer) -> None:
-    """Recompute this layer's activations in the backward pass (this instance only)."""
-    import mlx.core as mx
-
-    cls = type(layer)
-    call = cls.__call__
-
-    def checkpointed_call(self, *args, **kwargs):
-        def inner(params, *args, **kwargs):
-            self.update(params)
-            return call(self, *args, **kwargs)
-
-        return mx.checkpoint(inner)(self.trainable_parameters(), *args, **kwargs)
-
-    layer.__class__ = type(f"Checkpointed{cls.__name__}", (cls,), {"__call__": checkpointed_call})
 
 
 class Trainer:
@@ -139,26 +101,8 @@ class Trainer:
 
     def prepare_model(self) -> None:
         """Compute precision, LoRA (or unfreeze for full), gradient checkpointing."""
-        from mlxsft.lora import apply_lora, count_parameters, lora_spec
-        from mlxsft.models import to_compute_precision
-
-        config = self.config
-        to_compute_precision(self.loaded, config.keep_quantized)
-        model = self.loaded.model
-        if config.fine_tune == "full":
-            if self.loaded.quantization and not _dequantized(model):
-                raise UserError("--fine-tune full needs a full-precision base; drop --quantize "
-                                "or use --fine-tune lora (QLoRA)")
-            model.unfreeze()
-            self.lora = None
-        else:
-            self.lora = lora_spec(model, config.lora_rank, config.lora_alpha, config.lora_dropout,
-                                  config.lora_layers, config.lora_targets)
-            apply_lora(model, self.lora)
-        if config.grad_checkpoint:
-            for layer in model.layers:
-                _checkpointed(layer)
-        self.trainable, self.total = count_parameters(model)
+        prepared = prepare_model(self.loaded, self.config)
+        self.lora, self.trainable, self.total = prepared.lora, prepared.trainable, prepared.total
 
     def adapter_config(self, step: int, val_loss: float | None = None) -> dict:
         loaded, config = self.loaded, self.config
@@ -213,67 +157,16 @@ class Trainer:
         return int(saved.get("step", 0))
 
     # -- the compiled step -----------------------------------------------------------
-    def _build_step(self, total_steps: int):
-        import mlx.core as mx
-        import mlx.nn as nn
-        import mlx.optimizers as optim
-        from mlx.utils import tree_map
-
-        from mlxsft.loss import masked_nll_sum
-
-        model, config = self.loaded.model, self.config
-        self.schedule = learning_rate_schedule(config, total_steps)
-        self.optimizer = optim.AdamW(learning_rate=self.schedule,
-                                     weight_decay=config.weight_decay)
-        state = [model.state, self.optimizer.state, mx.random.state]
-        loss_and_grad = nn.value_and_grad(model, masked_nll_sum)
-
-        def update(grads, count):
-            grads = tree_map(lambda g: g / mx.maximum(count, 1), grads)
-            if config.grad_clip > 0:
-                grads, _ = optim.clip_grad_norm(grads, config.grad_clip)
-            self.optimizer.update(model, grads)
-
-        @partial(mx.compile, inputs=state, outputs=state)
-        def step(tokens, loss_mask):
-            (total, count), grads = loss_and_grad(model, tokens, loss_mask)
-            update(grads, count)
-            return total, count
-
-        @partial(mx.compile, inputs=state, outputs=state)
-        def micro_step(tokens, loss_mask):
-            (total, count), grads = loss_and_grad(model, tokens, loss_mask)
-            return total, count, grads
-
-        @partial(mx.compile, inputs=state, outputs=state)
-        def apply_update(grads, count):
-            update(grads, count)
-
-        self.state = state
-        self._step, self._micro, self._apply = step, micro_step, apply_update
+    def build_step(self, total_steps: int) -> TrainStep:
+        """The optimizer and compiled step (see `mlxsft.step`) for a run of total_steps."""
+        self.step = TrainStep(self.loaded.model, self.config, total_steps)
+        self.optimizer, self.schedule = self.step.optimizer, self.step.schedule
+        return self.step
 
     def train_step(self, batches) -> tuple[float, int, int]:
         """One optimizer step over grad_accum micro-batches: (loss, supervised, tokens)."""
-        import mlx.core as mx
-        from mlx.utils import tree_map
-
-        if self.config.grad_accum == 1:
-            b = next(batches)
-            total, count = self._step(mx.array(b.tokens), mx.array(b.loss_mask))
-            mx.eval(self.state, total, count)
-            return total.item() / max(count.item(), 1), int(count.item()), b.tokens_count
-        acc_total, acc_count, acc_grads, tokens = 0.0, 0, None, 0
-        for _ in range(self.config.grad_accum):
-            b = next(batches)
-            total, count, grads = self._micro(mx.array(b.tokens), mx.array(b.loss_mask))
-            acc_grads = grads if acc_grads is None else tree_map(mx.add, acc_grads, grads)
-            mx.eval(acc_grads, total, count)
-            acc_total += total.item()
-            acc_count += int(count.item())
-            tokens += b.tokens_count
-        self._apply(acc_grads, mx.array(acc_count, mx.float32))
-        mx.eval(self.state)
-        return acc_total / max(acc_count, 1), acc_count, tokens
+        result = self.step(batches)
+        return result.loss, result.supervised, result.tokens
 
     def evaluate(self) -> tuple[float, int]:
         from mlxsft.evaluate import mean_nll
@@ -301,7 +194,7 @@ class Trainer:
             per_epoch = steps_per_epoch(len(self.data.train), config.batch_size,
                                         config.grad_accum)
             total_steps = config.iters or max(1, math.ceil(config.epochs * per_epoch))
-            self._build_step(total_steps)
+            self.build_step(total_steps)
             start_step = self.restore(self.resume_from) if self.resume_from else 0
             if self.resume_from and start_step >= total_steps:
                 raise UserError(f"--resume {self.resume_from}: already at step {start_step} of "
@@ -395,13 +288,6 @@ class Trainer:
     def _last_checkpoint(self) -> str | None:
         found = sorted((self.run_dir / "checkpoints").glob("step-*"))
         return str(found[-1]) if found else None
-
-
-def _dequantized(model) -> bool:
-    import mlx.nn as nn
-
-    return not any(isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding))
-                   for _, m in model.named_modules())
 
 
 def train(config: TrainConfig, loaded=None, should_stop=None,
