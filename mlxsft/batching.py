@@ -42,6 +42,9 @@ class Batch:
     tokens: np.ndarray  # (B, L) int32
     loss_mask: np.ndarray  # (B, L) float32; 1 where the token is a supervised target
     lengths: np.ndarray  # (B,) true lengths
+    # (B, L) int32 record id per position in a packed row (attention stays inside a
+    # record); None for one record per row.
+    segments: np.ndarray | None = None
 
     @property
     def tokens_count(self) -> int:
@@ -51,11 +54,22 @@ class Batch:
     def supervised_count(self) -> int:
         return int(self.loss_mask.sum())
 
-    def arrays(self) -> tuple:
-        """The MLX arrays the compiled step takes (`mlxsft.loss.batch_nll_sum`'s inputs)."""
-        import mlx.core as mx
+    def supervised_positions(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(positions, targets, weights) of the supervised targets, for the gathered loss.
 
-        return mx.array(self.tokens), mx.array(self.loss_mask)
+        positions index the flattened (B, L-1) inputs: the hidden state at input
+        position p predicts target tokens[:, 1:].flat[p]. Their number is padded to a
+        bucket size with weight-0 dummies, so the compiled step sees a few shapes only.
+        """
+        mask = self.loss_mask[:, 1:].reshape(-1)
+        real = np.flatnonzero(mask)
+        size = bucket_for(max(len(real), 1), bucket_sizes(mask.size))
+        positions = np.zeros(size, np.int32)
+        positions[:len(real)] = real
+        weights = np.zeros(size, np.float32)
+        weights[:len(real)] = mask[real]
+        targets = self.tokens[:, 1:].reshape(-1)[positions].astype(np.int32)
+        return positions, targets, weights
 
 
 def make_batch(items: Sequence[Tokenized], width: int, pad_id: int = 0) -> Batch:

@@ -122,7 +122,7 @@ class TrainStep:
         import mlx.optimizers as optim
         from mlx.utils import tree_map
 
-        from mlxsft.loss import batch_nll_sum
+        from mlxsft.loss import SupervisedLoss
 
         self.model, self.config = model, config
         self.grad_accum = config.grad_accum
@@ -130,7 +130,10 @@ class TrainStep:
         self.optimizer = optim.AdamW(learning_rate=self.schedule,
                                      weight_decay=config.weight_decay)
         self.state = [model.state, self.optimizer.state, mx.random.state]
-        loss_and_grad = nn.value_and_grad(model, batch_nll_sum)
+        self.loss = SupervisedLoss(model)
+        # Said once, before training: which loss path this model takes.
+        self.notes = [self.loss.note] if self.loss.note else []
+        loss_and_grad = nn.value_and_grad(model, self.loss)
         # The sums of all processes' gradients and counts (a data-parallel run sets this).
         reduce = all_reduce or (lambda grads, count: (grads, count))
         optimizer = self.optimizer
@@ -160,7 +163,7 @@ class TrainStep:
         for micro in range(self.grad_accum):
             b = next(batches)
             last = micro == self.grad_accum - 1
-            total, count, accumulated = self._step(b.arrays(), accumulated, last)
+            total, count, accumulated = self._step(self.loss.arrays(b), accumulated, last)
             mx.eval(self.state, total, count, accumulated)
             nll += total.item()
             tokens += b.tokens_count

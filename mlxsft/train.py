@@ -194,7 +194,7 @@ class Trainer:
             per_epoch = steps_per_epoch(len(self.data.train), config.batch_size,
                                         config.grad_accum)
             total_steps = config.iters or max(1, math.ceil(config.epochs * per_epoch))
-            self.build_step(total_steps)
+            messages += self.build_step(total_steps).notes
             start_step = self.restore(self.resume_from) if self.resume_from else 0
             if self.resume_from and start_step >= total_steps:
                 raise UserError(f"--resume {self.resume_from}: already at step {start_step} of "
