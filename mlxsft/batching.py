@@ -1,9 +1,15 @@
-"""Batches of similar-length records, padded to a few bucket sizes.
+"""Batches of similar-length records, padded to a few bucket sizes, or packed rows.
 
 Records are sorted by true token length and cut into batches, so a batch pads little;
 each batch is padded to the next bucket size (32, 48, 64, 96, 128, ... up to the
 longest record), so the compiled step sees a handful of shapes instead of a new one
 every step. Batch order is shuffled each epoch; membership stays length-sorted.
+
+With packing (--pack) several records share one max-seq-len row (first-fit, longest
+first) and each position carries its record's id, from which the loss builds a
+block-diagonal causal attention mask: one shape, almost no padding, no record seeing
+another. A record's first token is never a target in its row (it would be predicted
+from the previous record), exactly as it is not when the record has a row of its own.
 """
 
 from __future__ import annotations
@@ -116,6 +122,63 @@ def iterate_batches(items: Sequence[Tokenized], batch_size: int, max_seq_len: in
                               np.concatenate([batch.loss_mask, fill.loss_mask]),
                               np.concatenate([batch.lengths, fill.lengths]))
             yield batch
+        if not loop:
+            return
+
+
+def pack_rows(items: Sequence[Tokenized], width: int) -> list[list[int]]:
+    """Index lists of records that fill rows of `width` tokens (first-fit decreasing)."""
+    order = sorted(range(len(items)), key=lambda i: -len(items[i].tokens))
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for i in order:
+        n = min(len(items[i].tokens), width)
+        for r, room in enumerate(free):
+            if room >= n:
+                rows[r].append(i)
+                free[r] -= n
+                break
+        else:
+            rows.append([i])
+            free.append(width - n)
+    return rows
+
+
+def make_packed_batch(rows: Sequence[Sequence[Tokenized]], width: int, pad_id: int = 0) -> Batch:
+    """Rows of concatenated records; segment ids 1, 2, ... per record, 0 for padding."""
+    tokens = np.full((len(rows), width), pad_id, dtype=np.int32)
+    mask = np.zeros((len(rows), width), dtype=np.float32)
+    segments = np.zeros((len(rows), width), dtype=np.int32)
+    lengths = np.zeros(len(rows), dtype=np.int64)
+    for r, row in enumerate(rows):
+        at = 0
+        for k, item in enumerate(row, start=1):
+            n = min(len(item.tokens), width - at)
+            tokens[r, at:at + n] = item.tokens[:n]
+            mask[r, at:at + n] = item.loss_mask[:n]
+            mask[r, at] = 0  # predicted from the previous record: never a target
+            segments[r, at:at + n] = k
+            at += n
+        lengths[r] = at
+    return Batch(tokens, mask, lengths, segments)
+
+
+def iterate_packed_batches(items: Sequence[Tokenized], batch_size: int, max_seq_len: int,
+                           seed: int = 0, shuffle: bool = True, pad_id: int = 0,
+                           loop: bool = True) -> Iterator[Batch]:
+    """Batches of `batch_size` packed rows of max_seq_len tokens; row order reshuffled
+    every epoch, a short tail filled with empty (all-padding, unsupervised) rows."""
+    if not items:
+        return
+    rows = pack_rows(items, max_seq_len)
+    groups = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
+    rng = np.random.default_rng(seed)
+    while True:
+        order = rng.permutation(len(groups)) if shuffle else range(len(groups))
+        for g in order:
+            group = [[items[i] for i in row] for row in groups[g]]
+            yield make_packed_batch(group + [[]] * (batch_size - len(group)), max_seq_len,
+                                    pad_id)
         if not loop:
             return
 

@@ -67,6 +67,8 @@ class TrainConfig:
                                 "to float32")
     grad_checkpoint: bool = _opt(False, "recompute activations in the backward pass to save "
                                  "memory")
+    pack: bool = _opt(False, "pack several records into each max-seq-len row, each attending "
+                      "only to itself (no padding; RoPE attention models)")
     seed: int = _opt(0, "random seed (data order, LoRA init, dropout)")
     steps_per_report: int = _opt(10, "report training loss every N steps")
     steps_per_eval: int = _opt(50, "validation loss every N steps (and at the end; 0: only "

@@ -172,6 +172,34 @@ def separable_head(model) -> tuple[str | None, str | None]:
         model.train(was_training)
 
 
+def packing_problem(model) -> str | None:
+    """None when a record packed after another gets exactly its unpacked logits on this
+    model (attention by relative position, nothing carried along the row), else why not.
+    Learned absolute positions (GPT-2 style) and recurrent/state-space layers fail."""
+    was_training = model.training
+    model.eval()
+    try:
+        vocab = getattr(getattr(model, "args", None), "vocab_size", None) or 256
+        rng = np.random.default_rng(1)
+        first, second = rng.integers(0, vocab, 5), rng.integers(0, vocab, 7)
+        # Two rows with different layouts: a model that broadcasts a per-row mask
+        # wrongly (e.g. over grouped-query heads) fails here as well.
+        rows = mx.array(np.stack([np.concatenate([first, second, [0, 0]]),
+                                  np.concatenate([second, first, [0, 0]])]), mx.int32)
+        segments = mx.array([[1] * 5 + [2] * 7 + [0, 0], [1] * 7 + [2] * 5 + [0, 0]], mx.int32)
+        packed = model(rows, cache=_cache_for(model, segments)).astype(mx.float32)
+        for got, alone in ((packed[0, 5:12], second), (packed[1, 7:12], first)):
+            want = model(mx.array(alone[None], mx.int32))[0].astype(mx.float32)
+            err = float(mx.abs(got - want).max().item())
+            if not err <= 1e-4 * max(float(mx.abs(want).max().item()), 1.0):
+                return f"a packed record's logits differ from its own by {err:.2g}"
+        return None
+    except Exception as e:
+        return f"{type(e).__name__}: {str(e)[:120]}"
+    finally:
+        model.train(was_training)
+
+
 def chunk_rows(vocab: int, rows: int) -> int:
     return max(1, min(rows, CHUNK_ELEMENTS // max(vocab, 1)))
 

@@ -122,9 +122,14 @@ class TrainStep:
         import mlx.optimizers as optim
         from mlx.utils import tree_map
 
-        from mlxsft.loss import SupervisedLoss
+        from mlxsft.loss import SupervisedLoss, packing_problem
 
         self.model, self.config = model, config
+        if config.pack and (why := packing_problem(model)):
+            model_type = getattr(getattr(model, "args", None), "model_type", type(model).__name__)
+            raise UserError(f"--pack: {model_type} models cannot keep packed records apart "
+                            f"({why}); packing needs rotary-position attention that takes a "
+                            "per-row mask. Drop --pack")
         self.grad_accum = config.grad_accum
         self.schedule = learning_rate_schedule(config, total_steps)
         self.optimizer = optim.AdamW(learning_rate=self.schedule,

@@ -168,6 +168,22 @@ class Trainer:
         result = self.step(batches)
         return result.loss, result.supervised, result.tokens
 
+    def batches(self):
+        """Training micro-batches forever: length buckets, or packed rows (--pack)."""
+        from mlxsft.batching import iterate_batches, iterate_packed_batches
+
+        config = self.config
+        iterate = iterate_packed_batches if config.pack else iterate_batches
+        return iterate(self.data.train, config.batch_size, config.max_seq_len,
+                       seed=config.seed, pad_id=self._pad_id())
+
+    def _rows_per_epoch(self) -> int:
+        from mlxsft.batching import pack_rows
+
+        if self.config.pack:
+            return len(pack_rows(self.data.train, self.config.max_seq_len))
+        return len(self.data.train)
+
     def evaluate(self) -> tuple[float, int]:
         from mlxsft.evaluate import mean_nll
 
@@ -191,7 +207,7 @@ class Trainer:
         config = self.config
         try:
             messages = self._setup()
-            per_epoch = steps_per_epoch(len(self.data.train), config.batch_size,
+            per_epoch = steps_per_epoch(self._rows_per_epoch(), config.batch_size,
                                         config.grad_accum)
             total_steps = config.iters or max(1, math.ceil(config.epochs * per_epoch))
             messages += self.build_step(total_steps).notes
@@ -226,8 +242,7 @@ class Trainer:
 
         config, model = self.config, self.loaded.model
         model.train()
-        batches = iterate_batches(self.data.train, config.batch_size, config.max_seq_len,
-                                  seed=config.seed, pad_id=self._pad_id())
+        batches = self.batches()
         for _ in range(start_step * config.grad_accum):
             next(batches)  # the same data order as an uninterrupted run
         tokens = supervised = 0
