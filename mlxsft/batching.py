@@ -128,11 +128,15 @@ def iterate_batches(items: Sequence[Tokenized], batch_size: int, max_seq_len: in
 
 def pack_rows(items: Sequence[Tokenized], width: int) -> list[list[int]]:
     """Index lists of records that fill rows of `width` tokens (first-fit decreasing)."""
-    order = sorted(range(len(items)), key=lambda i: -len(items[i].tokens))
+    return first_fit([len(i.tokens) for i in items], width)
+
+
+def first_fit(lengths: Sequence[int], width: int) -> list[list[int]]:
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     rows: list[list[int]] = []
     free: list[int] = []
     for i in order:
-        n = min(len(items[i].tokens), width)
+        n = min(lengths[i], width)
         for r, room in enumerate(free):
             if room >= n:
                 rows[r].append(i)
@@ -142,6 +146,24 @@ def pack_rows(items: Sequence[Tokenized], width: int) -> list[list[int]]:
             rows.append([i])
             free.append(width - n)
     return rows
+
+
+def padding_waste(lengths: Sequence[int], batch_size: int, max_seq_len: int) -> dict:
+    """Token slots the step computes for one epoch of these record lengths, bucketed
+    (length-sorted batches padded to a bucket, the tail batch filled) and packed
+    (--pack: rows of max_seq_len, the tail filled with empty rows), and the share of
+    each that is padding."""
+    lengths = [min(n, max_seq_len) for n in lengths]
+    real = sum(lengths)
+    sizes = bucket_sizes(max(max_seq_len, 2))
+    ordered = sorted(lengths)
+    bucketed = sum(batch_size * bucket_for(max(ordered[i:i + batch_size]), sizes)
+                   for i in range(0, len(ordered), batch_size))
+    rows = len(first_fit(lengths, max_seq_len))
+    packed = -(-rows // batch_size) * batch_size * max_seq_len
+    return {"tokens": real, "bucketed_slots": bucketed, "packed_slots": packed,
+            "bucketed_padding": 1 - real / bucketed if bucketed else 0.0,
+            "packed_padding": 1 - real / packed if packed else 0.0}
 
 
 def make_packed_batch(rows: Sequence[Sequence[Tokenized]], width: int, pad_id: int = 0) -> Batch:

@@ -17,8 +17,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from mlxsft.batching import padding_waste
 from mlxsft.data import DataFile, Record
 from mlxsft.masking import Masker, MaskingError, Tokenized, encode_records, hf_tokenizer
+
+
+# The batch size the padding estimate assumes (train's default --batch-size).
+PADDING_BATCH = 4
 
 
 @dataclass
@@ -42,6 +47,7 @@ class SplitReport:
     not_rendered: list[str]  # "line(messages[i])"
     methods: dict[str, int]
     items: list[Tokenized] = field(default_factory=list, repr=False)
+    padding: dict = field(default_factory=dict)  # batching.padding_waste at batch 4
 
     def summary(self) -> dict[str, Any]:
         lengths = sorted(self.lengths)
@@ -60,6 +66,7 @@ class SplitReport:
             "missing_end_of_turn": len(self.missing_end_of_turn),
             "not_rendered": len(self.not_rendered),
             "mask_methods": self.methods,
+            "padding": self.padding,
         }
 
 
@@ -131,7 +138,9 @@ def check_split(split: str, data: DataFile, masker: Masker) -> SplitReport:
         zero_supervised=[t.line for t in encoded.zero_supervised],
         duplicates=duplicates, empty_responses=empty, missing_end_of_turn=missing_eot,
         not_rendered=dropped,
-        methods=dict(Counter(t.method for t in items)), items=items)
+        methods=dict(Counter(t.method for t in items)), items=items,
+        padding=padding_waste([len(t.tokens) for t in items], PADDING_BATCH,
+                              masker.max_seq_len or max([len(t.tokens) for t in items] or [2])))
 
 
 def histogram(values: Iterable[int], bins: int = 10, width: int = 40) -> list[str]:
@@ -162,6 +171,14 @@ def render_summary(report: SplitReport) -> str:
            f"  supervised tokens: {report.supervised_tokens} of {report.tokens} "
            f"({100 * s['supervised_share']:.1f}%)"]
     out += histogram(report.lengths)
+    if report.padding:
+        p = report.padding
+        line = (f"  padding at batch {PADDING_BATCH}: {100 * p['bucketed_padding']:.0f}% of the "
+                f"step's tokens with length buckets, {100 * p['packed_padding']:.0f}% with --pack")
+        if p["packed_slots"] < 0.95 * p["bucketed_slots"]:  # worth a flag
+            line += (f"; --pack computes {100 * (1 - p['packed_slots'] / p['bucketed_slots']):.0f}"
+                     "% fewer tokens per epoch")
+        out.append(line)
 
     passed = []  # said too, so a clean file shows what was checked
 
