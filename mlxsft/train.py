@@ -163,6 +163,16 @@ class Trainer:
         self.optimizer, self.schedule = self.step.optimizer, self.step.schedule
         return self.step
 
+    def make_plan(self):
+        """The memory and step-time prediction for this run (`mlxsft.plan`), kept as
+        `self.plan` for front ends; its summary line is printed before training."""
+        from mlxsft.bench import matmul_peak_gflops
+        from mlxsft.plan import plan_for
+
+        self.plan = plan_for(self.loaded.model, self.config, self.data.train,
+                             self.step.loss.gathered, matmul_peak_gflops())
+        return self.plan
+
     def train_step(self, batches) -> tuple[float, int, int]:
         """One optimizer step over grad_accum micro-batches: (loss, supervised, tokens)."""
         result = self.step(batches)
@@ -211,6 +221,7 @@ class Trainer:
                                         config.grad_accum)
             total_steps = config.iters or max(1, math.ceil(config.epochs * per_epoch))
             messages += self.build_step(total_steps).notes
+            messages.append(self.make_plan().summary())
             start_step = self.restore(self.resume_from) if self.resume_from else 0
             if self.resume_from and start_step >= total_steps:
                 raise UserError(f"--resume {self.resume_from}: already at step {start_step} of "
