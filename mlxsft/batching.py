@@ -41,6 +41,16 @@ def bucket_for(length: int, sizes: Sequence[int]) -> int:
     return sizes[-1]
 
 
+def position_bucket(count: int, limit: int) -> int:
+    """The number of supervised positions a batch is padded to: 32, then steps of a
+    quarter octave (at most 19% dummies, one compiled shape per step of the ladder)."""
+    size, k = 32, 0
+    while size < count:
+        k += 1
+        size = -(-int(32 * 2 ** (k / 4)) // 16) * 16
+    return min(size, limit)
+
+
 @dataclass
 class Batch:
     """Padded arrays (numpy) for one micro-batch."""
@@ -69,7 +79,7 @@ class Batch:
         """
         mask = self.loss_mask[:, 1:].reshape(-1)
         real = np.flatnonzero(mask)
-        size = bucket_for(max(len(real), 1), bucket_sizes(mask.size))
+        size = position_bucket(len(real), mask.size)
         positions = np.zeros(size, np.int32)
         positions[:len(real)] = real
         weights = np.zeros(size, np.float32)

@@ -148,7 +148,7 @@ def estimate(model, config: TrainConfig, lengths: list[int], supervised: list[in
     record lengths and supervised-token counts (after truncation)."""
     from mlx.utils import tree_flatten
 
-    from mlxsft.batching import bucket_for, bucket_sizes
+    from mlxsft.batching import position_bucket
     from mlxsft.bench import flops_per_token
     from mlxsft.loss import CHUNK_ELEMENTS
 
@@ -168,7 +168,7 @@ def estimate(model, config: TrainConfig, lengths: list[int], supervised: list[in
         activations = 4.0 * s["layers"] * (per_layer + scores)
     if gathered:
         most = max(b[2] for b in shapes)
-        k = bucket_for(max(most, 1), bucket_sizes(rows * (width - 1)))
+        k = position_bucket(most, rows * (width - 1))
         logits = 4.0 * LOGIT_FLOATS * min(k * s["vocab"], CHUNK_ELEMENTS)
     else:
         logits = 4.0 * LOGIT_FLOATS * tokens * s["vocab"]
