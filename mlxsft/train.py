@@ -201,7 +201,8 @@ class Trainer:
         model.eval()
         try:
             return mean_nll(model, self.data.valid, self.config.batch_size,
-                            self.config.max_seq_len, self._pad_id(), self.config.val_batches)
+                            self.config.max_seq_len, self._pad_id(), self.config.val_batches,
+                            self.step.loss)
         finally:
             model.train()
 
