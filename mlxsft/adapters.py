@@ -11,6 +11,7 @@ from pathlib import Path
 
 from mlxsft.checkpoints import ADAPTER_WEIGHTS, load_safetensors, read_adapter_config
 from mlxsft.errors import UserError
+from mlxsft.templates import use_adapter_template
 
 
 def attach_adapter(loaded, adapter_dir: str | Path) -> dict:
@@ -37,6 +38,9 @@ def attach_adapter(loaded, adapter_dir: str | Path) -> dict:
         raise UserError(f"--adapter {adapter_dir}: does not fit --model {loaded.source} "
                         f"({trained_on}): {detail}") from None
     loaded.model.eval()
+    # The chat template (and template kwargs) it was trained with, so chat, eval, the TUI
+    # and fuse (which saves this tokenizer) render as training did.
+    use_adapter_template(loaded.tokenizer, config)
     return config
 
 

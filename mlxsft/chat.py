@@ -26,6 +26,8 @@ class ChatModels:
 
 def load_chat_models(model: str | None, adapter: str | None, compare: bool) -> ChatModels:
     from mlxsft.adapters import adapter_base, load_for_inference
+    from mlxsft.checkpoints import read_adapter_config
+    from mlxsft.templates import use_adapter_template
 
     if compare and not adapter:
         raise UserError("--compare needs --adapter DIR (the tuned model to compare with its base)")
@@ -35,7 +37,11 @@ def load_chat_models(model: str | None, adapter: str | None, compare: bool) -> C
         tuned = load_for_inference(model, adapter)
         if not compare:
             return ChatModels([("tuned", tuned)])
-        return ChatModels([("base", load_for_inference(model)), ("tuned", tuned)])
+        base = load_for_inference(model)
+        # The base answers in the same template (and template kwargs) as the tuned model,
+        # so --compare shows what the tuning changed, not a rendering difference.
+        use_adapter_template(base.tokenizer, read_adapter_config(adapter))
+        return ChatModels([("base", base), ("tuned", tuned)])
     return ChatModels([("base", load_for_inference(model))])
 
 

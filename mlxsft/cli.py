@@ -74,30 +74,49 @@ def _mask_flags(parser):
 
 # -- data check ------------------------------------------------------------------------
 def cmd_data_check(args) -> int:
-    from mlxsft.data import load_splits
+    from mlxsft.data import DataOptions, load_splits, read_records
     from mlxsft.datacheck import check_split, record_json, render_record, render_summary
-    from mlxsft.masking import Masker
     from mlxsft.models import load_tokenizer
+    from mlxsft.prepare import build_masker
 
-    splits = load_splits(args.data, args.skip_invalid)
+    options = DataOptions.of(args)
+    splits = load_splits(args.data, args.skip_invalid, options)
+    held_out = (read_records(args.against, True, options.keys) if args.against
+                else None)
     tokenizer = load_tokenizer(args.model, args.trust_remote_code)
-    masker = Masker(tokenizer, args.mask, args.max_seq_len)
+    masker = build_masker(tokenizer, args)
     if not args.json:
         for warning in masker.warnings:
             print(f"mlxsft: warning: {warning}", file=sys.stderr)
     color = sys.stdout.isatty() if args.color is None else args.color
-    reports = [check_split(name, data, masker) for name, data in splits.items()]
+    reports = [check_split(name, data, masker, held_out if name == "train" else None)
+               for name, data in splits.items()]
     if args.json:
         for report in reports:
             for item in report.items:
                 print(json.dumps(record_json(item)))
         print(json.dumps({"summary": [r.summary() for r in reports],
                           "warnings": masker.warnings}))
-        return 0
+    else:
+        for report in reports:
+            print(render_summary(report))
+            for item in report.items[:args.show]:
+                print(render_record(item, tokenizer, color))
+    return _train_would_fail(reports, args.skip_invalid)
+
+
+def _train_would_fail(reports, skip_invalid: bool) -> int:
+    """1 (with the reason) where `train` on this data would stop, so the two agree."""
     for report in reports:
-        print(render_summary(report))
-        for item in report.items[:args.show]:
-            print(render_record(item, tokenizer, color))
+        if report.failed_masking and not skip_invalid:
+            print(f"mlxsft: error: train would stop at {report.failed_masking[0]} "
+                  f"({len(report.failed_masking)} such records; fix them or pass "
+                  "--skip-invalid)", file=sys.stderr)
+            return 1
+        if report.split == "train" and not report.supervised_tokens:
+            print(f"mlxsft: error: train would stop: {report.path} has no supervised tokens "
+                  "to train on; check --mask and --max-seq-len", file=sys.stderr)
+            return 1
     return 0
 
 
@@ -251,7 +270,7 @@ def cmd_tui(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mlxsft.config import add_arguments
+    from mlxsft.config import DATA_FIELDS, add_arguments
 
     parser = _Parser(
         prog="mlxsft", description="Local instruction tuning (SFT) on MLX: response-only "
@@ -279,13 +298,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(p)
     p.set_defaults(func=cmd_plan)
 
-    p = sub.add_parser("data", help="inspect training data")
+    p = sub.add_parser("data", help="inspect and curate training data")
     data_sub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
     c = data_sub.add_parser("check", help="lint a dataset and show its loss masks",
                             description="Tokenize DATA with the model's chat template exactly "
                             "as training will, and report formats, lengths, supervised share, "
                             "truncation, duplicates and other problems.")
-    c.add_argument("data", help="a .jsonl file or a directory with train.jsonl / valid.jsonl")
+    c.add_argument("data", help="a .jsonl/.json/.parquet file, a directory with train.jsonl / "
+                   "valid.jsonl, or a Hugging Face dataset id (org/name, org/name:split)")
     _model_flag(c)
     _mask_flags(c)
     c.add_argument("--show", type=_int_at_least(0), default=0, metavar="N",
@@ -294,7 +314,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one JSON object per record (line, tokens, loss_mask) and a summary")
     c.add_argument("--color", action=argparse.BooleanOptionalAction, default=None,
                    help="colour for --show (default: when writing to a terminal)")
+    c.add_argument("--against", metavar="HELD_OUT", default=None,
+                   help="also report training records that (nearly) repeat a record of this "
+                   "held-out file (leakage)")
+    add_arguments(c, only=DATA_FIELDS)
     c.set_defaults(func=cmd_data_check)
+    from mlxsft.datacli import add_curation_parsers
+
+    add_curation_parsers(data_sub)
 
     p = sub.add_parser("eval", help="response-only loss of a model (with an adapter) on data",
                        description="Mean NLL and perplexity over supervised tokens only, "

@@ -18,11 +18,12 @@ from typing import Any
 from mlxsft.errors import UserError
 from mlxsft.masking import MASK_MODES
 from mlxsft.models import DEFAULT_MODEL
+from mlxsft.templates import THINKING_MODES
 
 
-def _opt(default, help: str, choices=None, positional=False):
+def _opt(default, help: str, choices=None, positional=False, repeatable=False):
     return field(default=default, metadata={"help": help, "choices": choices,
-                                            "positional": positional})
+                                            "positional": positional, "repeatable": repeatable})
 
 
 @dataclass
@@ -79,6 +80,27 @@ class TrainConfig:
     skip_invalid: bool = _opt(False, "train on the valid records and count the invalid ones, "
                               "instead of stopping at the first")
     trust_remote_code: bool = _opt(False, "allow a model that runs its own Python code")
+    # -- where the data comes from and how it renders (mlxsft.data, mlxsft.templates) --
+    data_split: str | None = _opt(None, "for a hub dataset DATA: train on this split "
+                                  "(train, validation, test); also DATA=org/name:split")
+    data_config: str | None = _opt(None, "for a hub dataset DATA: the config (subset) to read")
+    data_revision: str | None = _opt(None, "for a hub dataset DATA: a branch, tag or commit")
+    prompt_key: str | None = _opt(None, "column holding the prompt (with --response-key), for "
+                                  "tables in no known shape")
+    response_key: str | None = _opt(None, "column holding the response to train on")
+    messages_key: str | None = _opt(None, "column holding the conversation (a list of "
+                                    "role/content or from/value messages)")
+    chat_template: str | None = _opt(None, "render with this chat template instead of the "
+                                     "tokenizer's: a .jinja file, chatml, or a model id or "
+                                     "directory whose template to borrow (saved with the "
+                                     "adapter)")
+    template_kwarg: list[str] | None = _opt(None, "KEY=VALUE passed to the chat template, e.g. "
+                                            "enable_thinking=false (repeatable; saved with the "
+                                            "adapter)", repeatable=True)
+    thinking: str = _opt("keep", "reasoning blocks (<think>...</think>) of assistant turns: "
+                         "keep them, strip-history (drop them from all but the last turn, "
+                         "as thinking models see history), off (drop them all)",
+                         choices=THINKING_MODES)
 
     def resolved(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -97,10 +119,19 @@ def _hints(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls=TrainConfig) -> None:
-    """Add one flag per field; defaults stay None so YAML values are not overridden."""
+# The TrainConfig fields that say how data is read and rendered: `data check` and the
+# curation commands take the same flags, with the same help, from here.
+DATA_FIELDS = ("data_split", "data_config", "data_revision", "prompt_key", "response_key",
+               "messages_key", "chat_template", "template_kwarg", "thinking")
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls=TrainConfig, only=None) -> None:
+    """Add one flag per field (or per field named in `only`); defaults stay None so YAML
+    values are not overridden."""
     hints = _hints(cls)
     for f in dataclasses.fields(cls):
+        if only is not None and f.name not in only:
+            continue
         meta, tp = f.metadata, _base_type(hints[f.name])
         # `0 in (None, False)` is True: compare by identity so 0 and 0.0 are shown.
         default = (f"(default: {f.default})" if f.default is not None and f.default is not False
@@ -114,7 +145,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls=TrainConfig) -> None:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                                 help=help_text)
         elif typing.get_origin(tp) is list:
-            parser.add_argument(flag, nargs="+", default=None, help=help_text)
+            parser.add_argument(flag, nargs="+", default=None, help=help_text,
+                                action="extend" if meta.get("repeatable") else None)
         else:
             parser.add_argument(flag, type=tp, default=None, choices=meta.get("choices"),
                                 help=help_text)
@@ -210,6 +242,10 @@ def _coerce(f: dataclasses.Field, tp, value, source):
             if not isinstance(value, bool):
                 raise TypeError
         elif typing.get_origin(tp) is list:
+            if isinstance(value, dict):  # YAML `template_kwarg: {enable_thinking: false}`
+                import json
+
+                value = [f"{k}={json.dumps(v)}" for k, v in value.items()]
             value = [str(v) for v in (value if isinstance(value, list) else [value])]
         elif tp is float:
             value = float(value)

@@ -1,222 +1,265 @@
-"""Read and validate SFT data: JSONL files of demonstrations -> `Record`s.
+"""Read SFT data files into validated `Record`s.
 
-Four record formats are detected per line (a file may mix them):
+DATA is a JSONL file, a JSON file (an array of records, or JSON lines), a parquet file, a
+directory holding ``train.jsonl`` and optionally ``valid.jsonl`` / ``test.jsonl``, or a
+Hugging Face dataset id (``org/name``, ``org/name:split``; see `mlxsft.hub`), which is
+fetched into the usual cache and then read here like a local file. The record shapes are
+`mlxsft.shapes`.
 
-- chat: ``{"messages": [{"role": ..., "content": ...}, ...], "tools": [...]?}``
-- prompt/completion: ``{"prompt": ..., "completion": ...}``
-- Alpaca: ``{"instruction": ..., "input": ...?, "output": ...}``
-- plain text: ``{"text": ...}`` (no prompt: every token is supervised)
-
-Prompt/completion and Alpaca records become a user turn and an assistant turn, so one
-code path (the chat template) renders everything but plain text. A data directory holds
-``train.jsonl`` and optionally ``valid.jsonl`` / ``test.jsonl``.
-
-Every problem a user can cause is a `DataError`: one line naming file:line, the field,
-and what to do. This module does no tokenization (see `mlxsft.masking`).
+Every problem a user can cause is a `DataError`: one line naming file:line (the row for
+parquet and JSON arrays), the field, and what to do. That includes input Python's JSON
+reader cannot take (a lone surrogate, nesting ~1000 deep, an integer of more than 4,300
+digits), so `--skip-invalid` can skip it. This module does no tokenization (see
+`mlxsft.masking`).
 """
 
 from __future__ import annotations
 
-import difflib
 import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-from mlxsft.errors import UserError
+from mlxsft.records import ROLES, DataError, Record  # noqa: F401  (re-exported)
+from mlxsft.shapes import FORMATS, RecordKeys, parse_record  # noqa: F401  (re-exported)
 
-ROLES = ("system", "user", "assistant", "tool")
-FORMATS = ("chat", "completion", "alpaca", "text")
 SPLITS = ("train", "valid", "test")
-
-# The top-level keys that identify each format, for "did you mean" hints.
-_FORMAT_KEYS = ("messages", "prompt", "completion", "instruction", "input", "output", "text")
-
-
-class DataError(UserError):
-    """A problem in a data file, located at file:line (line 0 means the whole file)."""
-
-    def __init__(self, path: str | Path, line: int, message: str):
-        self.path = str(path)
-        self.line = line
-        self.reason = message
-        where = f"{self.path}:{line}" if line else self.path
-        super().__init__(f"{where}: {message}")
+SUFFIXES = (".jsonl", ".json", ".parquet")
+# Deeper than any real conversation or tool schema; far below where json's, jinja's or
+# our own recursion would fail, so such a record is a located error, not a traceback.
+MAX_NESTING = 64
 
 
-@dataclass
-class Record:
-    """One validated demonstration, normalized to chat messages (or plain text)."""
+@dataclass(frozen=True)
+class DataOptions:
+    """How to read DATA: the column mapping, a hub dataset's split/config/revision, and
+    whether to skip invalid records. Built from a `TrainConfig` or CLI flags by `of`."""
 
-    source: str
-    line: int
-    format: str
-    messages: list[dict[str, Any]] = field(default_factory=list)
-    tools: list[Any] | None = None
-    text: str | None = None  # only for the plain-text format
+    keys: RecordKeys = field(default_factory=RecordKeys)
+    split: str | None = None
+    config: str | None = None
+    revision: str | None = None
+    skip_invalid: bool = False
 
-    @property
-    def where(self) -> str:
-        return f"{self.source}:{self.line}"
+    @classmethod
+    def of(cls, options: Any) -> DataOptions:
+        get = lambda name: getattr(options, name, None)  # noqa: E731
+        return cls(RecordKeys(get("prompt_key"), get("response_key"), get("messages_key")),
+                   get("data_split"), get("data_config"), get("data_revision"),
+                   bool(get("skip_invalid")))
 
 
 @dataclass
 class DataFile:
-    """The records of one JSONL file, with what was skipped and why."""
+    """The records of one data file, with what was skipped and why."""
 
     path: str
     records: list[Record]
     skipped: list[DataError] = field(default_factory=list)
+    local_path: str | None = None  # where the bytes are (a hub file's cache path)
 
     @property
     def formats(self) -> Counter:
         return Counter(r.format for r in self.records)
 
 
-def _did_you_mean(word: str, choices) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f"; did you mean '{close[0]}'?" if close else ""
+def _checked_value(obj: Any, path, line: int) -> Any:
+    """Refuse what the rest of the pipeline cannot hold: nesting deeper than
+    MAX_NESTING and strings that are not Unicode text (a lone surrogate from a
+    "\\ud800" escape cannot be encoded, tokenized or written back)."""
+    stack = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise DataError(path, line, f"a string holds a lone surrogate "
+                                f"(\\u{ord(value[e.start]):04x}), which is not text; fix the "
+                                "escape (a pair like \\ud83d\\ude00 is one character)") from None
+            continue
+        if isinstance(value, (dict, list)):
+            if depth > MAX_NESTING:
+                raise DataError(path, line, f"nested more than {MAX_NESTING} levels deep; "
+                                "flatten the record")
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for k, v in items:
+                stack.append((v, depth + 1))
+                if isinstance(k, str):
+                    stack.append((k, depth + 1))
+    return obj
 
 
-def _type_name(value: Any) -> str:
-    return {dict: "an object", list: "a list", type(None): "null", bool: "a boolean",
-            int: "a number", float: "a number"}.get(type(value), type(value).__name__)
+def decode_json(text: str, path, line: int) -> Any:
+    """One JSON value, or a located `DataError` (never a traceback)."""
+    # Without its line ending a cut-off line's error points at the column where it was
+    # cut, not at "line 2 column 1" past the newline.
+    text = text.rstrip("\r\n")
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        at = "" if e.msg.endswith(" at") else " at"  # "Unterminated string starting at"
+        raise DataError(path, line, f"invalid JSON ({e.msg}{at} column {e.colno}); "
+                        "each line must be one complete JSON object") from None
+    except RecursionError:
+        raise DataError(path, line, f"JSON nested too deeply to read (more than "
+                        f"{MAX_NESTING} levels is refused); flatten the record") from None
+    except ValueError as e:  # an integer literal past Python's 4,300-digit limit
+        raise DataError(path, line, f"invalid JSON ({str(e).split(':')[0]}); shorten the "
+                        "number or write it as a string") from None
+    return _checked_value(obj, path, line)
 
 
-def _require_string(obj: dict, key: str, where: str, path, line, allow_empty=True) -> str:
-    if key not in obj:
-        close = difflib.get_close_matches(key, [k for k in obj if isinstance(k, str)], n=1,
-                                          cutoff=0.6)
-        if close:
-            raise DataError(path, line, f"missing field '{where}{key}' (found '{where}{close[0]}'; "
-                            f"rename it to '{key}')")
-        raise DataError(path, line, f"missing field '{where}{key}'; add it as a string")
-    value = obj[key]
-    if not isinstance(value, str):
-        raise DataError(path, line, f"field '{where}{key}' is {_type_name(value)}, expected a string")
-    return value
-
-
-def _parse_messages(obj: dict, path, line) -> list[dict[str, Any]]:
-    messages = obj["messages"]
-    if not isinstance(messages, list) or not messages:
-        raise DataError(path, line, "field 'messages' must be a non-empty list of "
-                        "{\"role\": ..., \"content\": ...} objects")
-    out = []
-    for i, message in enumerate(messages):
-        where = f"messages[{i}]."
-        if not isinstance(message, dict):
-            raise DataError(path, line, f"messages[{i}] is {_type_name(message)}, expected an "
-                            "object with 'role' and 'content'")
-        role = _require_string(message, "role", where, path, line)
-        if role not in ROLES:
-            raise DataError(path, line, f"messages[{i}].role '{role}' is not one of "
-                            f"{', '.join(ROLES)}{_did_you_mean(role, ROLES)}")
-        # An assistant turn that only calls tools may have no text content.
-        if role == "assistant" and message.get("tool_calls") and message.get("content") is None:
-            message = {**message, "content": ""}
-        _require_string(message, "content", where, path, line)
-        out.append(dict(message))
-    if not any(m["role"] == "assistant" for m in out):
-        raise DataError(path, line, "no assistant turn in 'messages'; add the response to "
-                        "train on as {\"role\": \"assistant\", \"content\": ...}")
-    return out
-
-
-def parse_record(obj: Any, path: str | Path, line: int) -> Record:
-    """Validate one decoded JSON value and normalize it to a `Record`."""
-    source = str(path)
-    if not isinstance(obj, dict):
-        raise DataError(path, line, f"the line is {_type_name(obj)}, expected a JSON object "
-                        "such as {\"messages\": [...]}")
-    if "messages" in obj:
-        tools = obj.get("tools")
-        if tools is not None and not isinstance(tools, list):
-            raise DataError(path, line, f"field 'tools' is {_type_name(tools)}, expected a list")
-        return Record(source, line, "chat", _parse_messages(obj, path, line), tools=tools)
-    if "prompt" in obj or "completion" in obj:
-        prompt = _require_string(obj, "prompt", "", path, line)
-        completion = _require_string(obj, "completion", "", path, line)
-        messages = [{"role": "user", "content": prompt},
-                    {"role": "assistant", "content": completion}]
-        return Record(source, line, "completion", messages)
-    if "instruction" in obj or "output" in obj:
-        instruction = _require_string(obj, "instruction", "", path, line)
-        output = _require_string(obj, "output", "", path, line)
-        extra = obj.get("input", "")
-        if extra is None:
-            extra = ""
-        if not isinstance(extra, str):
-            raise DataError(path, line, f"field 'input' is {_type_name(extra)}, expected a string")
-        prompt = f"{instruction}\n\n{extra}" if extra.strip() else instruction
-        messages = [{"role": "user", "content": prompt},
-                    {"role": "assistant", "content": output}]
-        return Record(source, line, "alpaca", messages)
-    if "text" in obj:
-        return Record(source, line, "text", text=_require_string(obj, "text", "", path, line))
-    keys = [k for k in obj if isinstance(k, str)]
-    hints = {h for k in keys for h in difflib.get_close_matches(k, _FORMAT_KEYS, n=1, cutoff=0.6)}
-    found = ", ".join(repr(k) for k in keys[:5]) or "no fields"
-    hint = f"; did you mean {' / '.join(repr(h) for h in sorted(hints))}?" if hints else ""
-    raise DataError(path, line, f"unknown record format (found {found}): expected 'messages', "
-                    f"'prompt'+'completion', 'instruction'+'output' or 'text'{hint}")
-
-
-def read_jsonl(path: str | Path, skip_invalid: bool = False) -> DataFile:
-    """Read one JSONL file. Raise the first `DataError`, or collect them with skip_invalid."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(path, 0, "no such file; check the path")
-    if path.is_dir():
-        raise DataError(path, 0, "is a directory; pass a .jsonl file, or a directory "
-                        "holding train.jsonl")
-    records: list[Record] = []
-    skipped: list[DataError] = []
+def _jsonl_values(path: Path, name: str) -> Iterator[tuple[int, Any]]:
     with open(path, "rb") as f:
         for line_no, raw in enumerate(f, start=1):
             try:
-                try:
-                    text = raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    raise DataError(path, line_no, f"not valid UTF-8 (byte 0x{raw[e.start]:02x} "
-                                    f"at column {e.start + 1}); save the file as UTF-8") from None
-                if line_no == 1:
-                    text = text.removeprefix("\ufeff")  # tolerate a byte-order mark
-                if not text.strip():
-                    continue
-                try:
-                    obj = json.loads(text)
-                except json.JSONDecodeError as e:
-                    raise DataError(path, line_no, f"invalid JSON ({e.msg} at column {e.colno}); "
-                                    "each line must be one complete JSON object") from None
-                records.append(parse_record(obj, path, line_no))
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield line_no, DataError(name, line_no, f"not valid UTF-8 (byte "
+                                         f"0x{raw[e.start]:02x} at column {e.start + 1}); save "
+                                         "the file as UTF-8")
+                continue
+            if line_no == 1:
+                text = text.removeprefix("\ufeff")  # tolerate a byte-order mark
+            if not text.strip():
+                continue
+            try:
+                yield line_no, decode_json(text, name, line_no)
             except DataError as error:
-                if not skip_invalid:
-                    raise
-                skipped.append(error)
+                yield line_no, error
+
+
+def _json_values(path: Path, name: str) -> Iterator[tuple[int, Any]]:
+    """A .json file: an array of records (row numbers from 1), or JSON lines."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(name, 0, f"not valid UTF-8 (byte 0x{e.object[e.start]:02x} at offset "
+                        f"{e.start}); save the file as UTF-8") from None
+    if not text.lstrip().startswith("["):
+        yield from _jsonl_values(path, name)
+        return
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(name, 0, f"invalid JSON ({e.msg} at line {e.lineno} column "
+                        f"{e.colno}); give an array of records or one record per line") from None
+    except (RecursionError, ValueError) as e:
+        raise DataError(name, 0, f"cannot read this JSON ({type(e).__name__}); give one record "
+                        "per line (JSONL) so a bad record can be located and skipped") from None
+    for row, value in enumerate(rows, start=1):
+        try:
+            yield row, _checked_value(value, name, row)
+        except DataError as error:
+            yield row, error
+
+
+def _parquet_values(path: Path, name: str) -> Iterator[tuple[int, Any]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError(name, 0, "reading parquet needs pyarrow; `pip install pyarrow`") from None
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow's ArrowInvalid and friends
+        raise DataError(name, 0, f"not a readable parquet file ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''}); download it again") from None
+    row = 0
+    # Row groups one at a time, so a large file is not held twice in memory.
+    for batch in parquet.iter_batches(batch_size=1024):
+        for value in batch.to_pylist():
+            row += 1
+            try:
+                yield row, _checked_value(value, name, row)
+            except DataError as error:
+                yield row, error
+
+
+def read_records(path: str | Path, skip_invalid: bool = False, keys: RecordKeys | None = None,
+                 name: str | None = None) -> DataFile:
+    """Read one data file (JSONL, JSON or parquet). Raise the first `DataError`, or
+    collect them with skip_invalid. `name` is how errors call the file (a hub file is
+    named inside its dataset, not by its cache path)."""
+    path = Path(path)
+    name = name or str(path)
+    if not path.exists():
+        raise DataError(name, 0, "no such file; check the path")
+    if path.is_dir():
+        raise DataError(name, 0, "is a directory; pass a .jsonl file, or a directory "
+                        "holding train.jsonl")
+    values = {".parquet": _parquet_values, ".json": _json_values}.get(path.suffix.lower(),
+                                                                      _jsonl_values)
+    records: list[Record] = []
+    skipped: list[DataError] = []
+    for line_no, value in values(path, name):
+        try:
+            if isinstance(value, DataError):
+                raise value
+            record = parse_record(value, name, line_no, keys)
+            record.raw = value
+            records.append(record)
+        except DataError as error:
+            if not skip_invalid:
+                raise
+            skipped.append(error)
     if not records and not skipped:
-        raise DataError(path, 0, "empty file (no records); add one JSON object per line")
+        raise DataError(name, 0, "empty file (no records); add one JSON object per line")
     if not records:
-        raise DataError(path, 0, f"no valid records ({len(skipped)} invalid; first: "
+        raise DataError(name, 0, f"no valid records ({len(skipped)} invalid; first: "
                         f"{skipped[0]})")
-    return DataFile(str(path), records, skipped)
+    return DataFile(name, records, skipped, local_path=str(path))
+
+
+def read_jsonl(path: str | Path, skip_invalid: bool = False,
+               keys: RecordKeys | None = None) -> DataFile:
+    """Read one local data file (the name kept for the callers that read JSONL)."""
+    return read_records(path, skip_invalid, keys)
 
 
 def resolve_data_files(data: str | Path) -> dict[str, Path]:
-    """Map split name -> file for a .jsonl file (train only) or a data directory."""
+    """Map split name -> file for a local data file (train only) or a data directory."""
     data = Path(data)
     if data.is_dir():
-        files = {s: data / f"{s}.jsonl" for s in SPLITS if (data / f"{s}.jsonl").exists()}
+        files = {}
+        for split in SPLITS:
+            found = [data / f"{split}{suffix}" for suffix in SUFFIXES
+                     if (data / f"{split}{suffix}").is_file()]
+            if found:
+                files[split] = found[0]
         if "train" not in files:
             raise DataError(data, 0, "data directory has no train.jsonl; name the training "
-                            "file train.jsonl (and optionally valid.jsonl, test.jsonl)")
+                            "file train.jsonl (and optionally valid.jsonl, test.jsonl; "
+                            ".json and .parquet files too)")
         return files
     if not data.exists():
-        raise DataError(data, 0, "no such file or directory; check the path")
+        raise DataError(data, 0, "no such file or directory; check the path (or give a "
+                        "Hugging Face dataset id such as org/name)")
     return {"train": data}
 
 
-def load_splits(data: str | Path, skip_invalid: bool = False) -> dict[str, DataFile]:
-    """Read every split of a data file or directory."""
-    return {split: read_jsonl(path, skip_invalid) for split, path in resolve_data_files(data).items()}
+def _merged(files: list[DataFile], name: str) -> DataFile:
+    if len(files) == 1:
+        return files[0]
+    return DataFile(name, [r for f in files for r in f.records],
+                    [e for f in files for e in f.skipped])
+
+
+def load_splits(data: str | Path, skip_invalid: bool = False,
+                options: DataOptions | None = None) -> dict[str, DataFile]:
+    """Read every split of a local data file or directory, or of a hub dataset."""
+    from mlxsft import hub
+
+    options = options or DataOptions()
+    skip = skip_invalid or options.skip_invalid
+    if hub.is_dataset_id(data):
+        found = hub.dataset_files(str(data), options.split, options.config, options.revision)
+        return {split: _merged([read_records(p, skip, options.keys, name) for name, p in files],
+                               f"{data}:{split}")
+                for split, files in found.items()}
+    if options.split or options.config or options.revision:
+        raise DataError(data, 0, "--data-split, --data-config and --data-revision are for "
+                        "Hugging Face dataset ids; a local DATA is read as it is")
+    return {split: read_records(path, skip, options.keys)
+            for split, path in resolve_data_files(data).items()}

@@ -4,8 +4,12 @@ Reads each split, tokenizes it with the model's chat template and loss mask exac
 training will, and summarizes what a person should look at: formats, token lengths,
 the supervised share, truncation, records with no supervised tokens, duplicates, empty
 responses, and whether each response ends with the end-of-turn token (so the tuned
-model learns to stop). It also renders records with masked and supervised tokens told
-apart. No model weights are loaded: only the tokenizer.
+model learns to stop); content and tool calls the template does not render; turns whose
+training context differs from what the model is fed at inference (a template that strips
+reasoning from history); per-turn "train" overrides; the text lints of `mlxsft.lints`
+and, with held-out records, leakage into them. It also renders records with masked and
+supervised tokens told apart (control characters from the data escaped, so they cannot
+drive the terminal). No model weights are loaded: only the tokenizer.
 """
 
 from __future__ import annotations
@@ -17,9 +21,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from mlxsft import lints
 from mlxsft.batching import padding_waste
 from mlxsft.data import DataFile, Record
 from mlxsft.masking import Masker, MaskingError, Tokenized, encode_records, hf_tokenizer
+from mlxsft.records import escape_controls
+from mlxsft.templates import reasoning_of
 
 
 # The batch size the padding estimate assumes (train's default --batch-size).
@@ -47,6 +54,15 @@ class SplitReport:
     not_rendered: list[str]  # "line(messages[i])"
     methods: dict[str, int]
     items: list[Tokenized] = field(default_factory=list, repr=False)
+    tool_calls_not_rendered: list[str] = field(default_factory=list)
+    train_overrides: list[str] = field(default_factory=list)  # "line(messages[i]=false)"
+    context_differs: list[str] = field(default_factory=list)  # "line(messages[k])"
+    reasoning_dropped: list[str] = field(default_factory=list)
+    copies_prompt: list[int] = field(default_factory=list)
+    cut_off: list[int] = field(default_factory=list)
+    encoding: list[str] = field(default_factory=list)
+    other_script: list[str] = field(default_factory=list)
+    leaked: list[str] | None = None  # "line~held-out line"; None when not checked
     padding: dict = field(default_factory=dict)  # batching.padding_waste at batch 4
 
     def summary(self) -> dict[str, Any]:
@@ -65,6 +81,13 @@ class SplitReport:
             "duplicates": len(self.duplicates), "empty_responses": len(self.empty_responses),
             "missing_end_of_turn": len(self.missing_end_of_turn),
             "not_rendered": len(self.not_rendered),
+            "tool_calls_not_rendered": len(self.tool_calls_not_rendered),
+            "train_overrides": len(self.train_overrides),
+            "context_differs_from_inference": len(self.context_differs),
+            "reasoning_not_trained": len(self.reasoning_dropped),
+            "copies_prompt": len(self.copies_prompt), "cut_off": len(self.cut_off),
+            "encoding_oddities": len(self.encoding), "other_script": len(self.other_script),
+            "leaked": None if self.leaked is None else len(self.leaked),
             "mask_methods": self.methods,
             "padding": self.padding,
         }
@@ -87,25 +110,76 @@ def _end_of_turn_ids(masker: Masker) -> set[int]:
     return ids
 
 
-def _content_not_rendered(records, masker: Masker) -> list[str]:
-    """"line(messages[i])" for each message whose content the chat template leaves out
-    of the rendering (some templates drop a system prompt, or a tool call's content,
-    or reasoning from earlier turns): the model never sees or learns that text."""
+def _per_renderable(records, masker: Masker, find) -> list[str]:
+    """find(record as rendered) for every chat record the template can render (one it
+    cannot render is reported as a masking failure already)."""
     found = []
     for record in records:
         if not record.messages:
             continue
         try:
-            text = masker.render(record.messages, record.tools, False, record.where)
+            found += find(masker.prepared(record))
         except MaskingError:
-            continue  # reported as a masking failure already
-        found += [f"{record.line}(messages[{i}])" for i, m in enumerate(record.messages)
-                  if m["content"].strip() and m["content"].strip() not in text]
+            continue
     return found
 
 
-def check_split(split: str, data: DataFile, masker: Masker) -> SplitReport:
-    """Tokenize one split as training would and collect the lint findings."""
+def _content_not_rendered(records, masker: Masker) -> list[str]:
+    """"line(messages[i])" for each message whose content the chat template leaves out
+    of the rendering (some templates drop a system prompt, or a tool call's content,
+    or reasoning from earlier turns): the model never sees or learns that text."""
+    def find(record):
+        text = masker.render(record.messages, record.tools, False, record.where)
+        return [f"{record.line}(messages[{i}])" for i, m in enumerate(record.messages)
+                if m["content"].strip() and m["content"].strip() not in text]
+    return _per_renderable(records, masker, find)
+
+
+def _tool_calls_not_rendered(records, masker: Masker) -> list[str]:
+    return _per_renderable(records, masker, lambda record: [
+        f"{record.line}(messages[{i}])" for i in masker.tool_calls_not_rendered(record)])
+
+
+def _inference_mismatch(records, masker: Masker) -> tuple[list[str], list[str]]:
+    """(turns trained after a context other than the one the model is fed at inference,
+    turns trained without the reasoning the data gives them). At inference the template
+    renders the conversation so far as the data has it (the model's own reasoning
+    included) with the generation prompt; in training, turn k follows the whole
+    conversation's rendering up to it, and a template that strips reasoning from history
+    (or --thinking) makes the two differ."""
+    context, reasoning = [], []
+    for original in records:
+        if not original.messages:
+            continue
+        record = masker.prepared(original)
+        try:
+            full = masker.render(record.messages, record.tools, False, record.where)
+            spans, _ = masker.spans(record, full, masker.supervised_turns(record.messages))
+        except MaskingError:
+            continue  # reported as a masking failure already
+        for k, (lo, hi) in sorted(spans.items()):
+            try:
+                prompt = masker.render(original.messages[:k], original.tools, True,
+                                       original.where)
+            except MaskingError:
+                prompt = None  # a template that cannot render an empty conversation
+            if prompt is not None and full[:lo] != prompt:
+                context.append(f"{original.line}(messages[{k}])")
+            thought = reasoning_of(original.messages[k])
+            if masker.template.thinking == "keep" and thought and thought not in full[lo:hi]:
+                reasoning.append(f"{original.line}(messages[{k}])")
+    return context, reasoning
+
+
+def _train_overrides(records) -> list[str]:
+    return [f"{r.line}(messages[{i}]={'true' if m['train'] else 'false'})"
+            for r in records for i, m in enumerate(r.messages) if m.get("train") is not None]
+
+
+def check_split(split: str, data: DataFile, masker: Masker,
+                held_out: DataFile | None = None) -> SplitReport:
+    """Tokenize one split as training would and collect the lint findings (with
+    `held_out`, also the training records that nearly repeat one of its records)."""
     encoded = encode_records(masker, data.records, skip_invalid=True)
     items = sorted(encoded.items + encoded.zero_supervised, key=lambda t: t.line)
     seen: dict[str, int] = {}
@@ -120,6 +194,7 @@ def check_split(split: str, data: DataFile, masker: Masker) -> SplitReport:
              if any(m["role"] == "assistant" and not m["content"].strip() and not m.get("tool_calls")
                     for m in r.messages)]
     dropped = _content_not_rendered(data.records, masker)
+    context, reasoning = _inference_mismatch(data.records, masker)
     eot_ids = _end_of_turn_ids(masker)
     missing_eot = []
     if masker.mode != "all" and not masker.uses_default_template:
@@ -139,6 +214,14 @@ def check_split(split: str, data: DataFile, masker: Masker) -> SplitReport:
         duplicates=duplicates, empty_responses=empty, missing_end_of_turn=missing_eot,
         not_rendered=dropped,
         methods=dict(Counter(t.method for t in items)), items=items,
+        tool_calls_not_rendered=_tool_calls_not_rendered(data.records, masker),
+        train_overrides=_train_overrides(data.records),
+        context_differs=context, reasoning_dropped=reasoning,
+        copies_prompt=lints.copies_prompt(data.records), cut_off=lints.cut_off(data.records),
+        encoding=lints.encoding_oddities(data.records),
+        other_script=lints.other_script(data.records),
+        leaked=(lints.leakage(data.records, held_out.records) if held_out is not None
+                else None),
         padding=padding_waste([len(t.tokens) for t in items], PADDING_BATCH,
                               masker.max_seq_len or max([len(t.tokens) for t in items] or [2])))
 
@@ -199,6 +282,30 @@ def render_summary(report: SplitReport) -> str:
             "the model may not learn to stop")
     finding("content the template does not render", report.not_rendered,
             "the model never sees it; move it into a message the template keeps")
+    finding("tool calls the template does not render", report.tool_calls_not_rendered,
+            "such a turn trains as an empty reply (train refuses it); pass a --chat-template "
+            "that renders tool_calls")
+    finding("turns trained after another context than at inference", report.context_differs,
+            "the template renders history differently (e.g. strips reasoning the data "
+            "keeps); try --thinking strip-history or --mask last")
+    finding("reasoning the template does not train", report.reasoning_dropped,
+            "the template strips it from these turns; use --thinking strip-history (say so) "
+            "or split the conversation per turn")
+    finding("responses that copy the prompt", report.copies_prompt,
+            "the model learns to echo; fix or remove them")
+    finding("responses cut off mid-sentence", report.cut_off,
+            "the model learns to stop mid-sentence; complete or remove them")
+    finding("encoding oddities", report.encoding,
+            "mojibake, U+FFFD or control characters; re-export the data as UTF-8")
+    finding("records in another script than the rest", report.other_script,
+            "check they belong (wrong language, or mis-decoded text)")
+    if report.leaked is not None:
+        finding("near-duplicates of held-out records", report.leaked,
+                "held-out loss will be optimistic; remove them (`mlxsft data dedupe`)")
+    if report.train_overrides:
+        shown = ", ".join(report.train_overrides[:8])
+        out.append(f"  train overrides: {len(report.train_overrides)} turns ({shown}"
+                   f"{' ...' if len(report.train_overrides) > 8 else ''})")
     if passed:
         out.append(f"  checked, none found: {', '.join(passed)}")
     for e in report.failed_masking[:5]:
@@ -234,14 +341,14 @@ def render_record(item: Tokenized, tokenizer: Any, color: bool = True) -> str:
             runs.append((m, [t]))
     parts = []
     for m, ids in runs:
-        text = tok.decode(ids)
+        text = escape_controls(tok.decode(ids))
         if color:
             parts.append((SUPERVISED_STYLE if m else MASKED_STYLE) + text + RESET)
         else:
             parts.append(f"«{text}»" if m else text)
     head = (f"--- {item.source}:{item.line} ({item.format}, {len(item.tokens)} tokens, "
             f"{item.supervised_tokens} supervised{', truncated' if item.truncated else ''})")
-    return head + "\n" + "".join(parts)
+    return escape_controls(head) + "\n" + "".join(parts)
 
 
 def record_json(item: Tokenized) -> dict[str, Any]:

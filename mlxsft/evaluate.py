@@ -63,15 +63,19 @@ def evaluate_data(data: str, model: str | None = None, adapter: str | None = Non
                   skip_invalid: bool = False, loaded=None) -> EvalResult:
     """Load the model (+ adapter), mask the data as training does, and average the NLL."""
     from mlxsft.adapters import load_for_inference
+    from mlxsft.checkpoints import read_adapter_config
     from mlxsft.data import load_splits
     from mlxsft.errors import UserError
     from mlxsft.masking import Masker, encode_records
+    from mlxsft.templates import TemplateChoice
 
     loaded = loaded or load_for_inference(model, adapter)
     splits = load_splits(data, skip_invalid)
     # A data directory is evaluated on its held-out split when it has one.
     split = splits.get("valid") or splits.get("test") or splits["train"]
-    masker = Masker(loaded.tokenizer, mask, max_seq_len)
+    # An adapter trained with --thinking strip-history/off is evaluated on the same text.
+    thinking = read_adapter_config(adapter).get("thinking", "keep") if adapter else "keep"
+    masker = Masker(loaded.tokenizer, mask, max_seq_len, TemplateChoice(thinking=thinking))
     encoded = encode_records(masker, split.records, skip_invalid)
     if not encoded.items:
         raise UserError(f"{split.path}: no record has supervised tokens to evaluate")

@@ -26,7 +26,17 @@ the marker must match the whole rendering, and the reply is what lies between (m
 silently mis-masked.
 
 Modes: ``assistant`` (every assistant turn), ``last`` (the final assistant turn),
-``all`` (every token, like pretraining). Plain-text records are always all-supervised.
+``all`` (every token, like pretraining). Plain-text records are always all-supervised. An
+assistant message's ``"train": true/false`` overrides the mode for that turn (with ``all``,
+a ``false`` turn is the one span left out).
+
+A supervised turn that calls tools must have its calls in the rendering: a template that
+ignores ``tool_calls`` would train the turn as an empty reply, so it is a `MaskingError`.
+The template and its switches come from `mlxsft.templates.TemplateChoice`.
+
+Work is bounded by --max-seq-len: a rendering longer than CHARS_PER_TOKEN_BOUND characters
+per token is cut before tokenizing (BPE merges are local, so the first max_seq_len tokens
+are unchanged; checked by a margin, else the whole text is tokenized).
 """
 
 from __future__ import annotations
@@ -35,8 +45,9 @@ import bisect
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from mlxsft.data import Record
 from mlxsft.errors import UserError
+from mlxsft.records import Record, escape_controls
+from mlxsft.templates import TemplateChoice, apply_thinking
 
 MASK_MODES = ("assistant", "last", "all")
 
@@ -52,10 +63,22 @@ DEFAULT_CHAT_TEMPLATE = (
 _DEFAULT_END_OF_TURN = "<|im_end|>"
 # Stands in for a reply when a rewriting template's rendering is searched for it.
 _MARKER = "mlxsftReplyMarker"
+# No tokenizer we know averages more than 16 characters per token over a long text; a
+# record 50 MB long is then cut to 16 x max_seq_len characters before tokenizing instead
+# of costing minutes and gigabytes for tokens that truncation throws away.
+CHARS_PER_TOKEN_BOUND = 16
+# The cut text must give this many tokens past max_seq_len, so a token merged across the
+# cut lies beyond what is kept; otherwise the whole text is tokenized.
+_CUT_MARGIN = 16
 
 
 class MaskingError(UserError):
-    """A record that cannot be rendered or masked exactly with this tokenizer."""
+    """A record that cannot be rendered or masked exactly with this tokenizer. The
+    message may quote the data or the template's error, so control characters are
+    escaped."""
+
+    def __init__(self, message: str):
+        super().__init__(escape_controls(message, keep=""))
 
 
 @dataclass
@@ -69,19 +92,12 @@ class Tokenized:
     format: str
     method: str  # "prefix", "segments", "search", "search+segments", "all" or "text"
     truncated: bool = False
-    untruncated_length: int = 0
+    untruncated_length: int = 0  # at least this many: a capped record was cut first
+    capped: bool = False  # cut to CHARS_PER_TOKEN_BOUND * max_seq_len characters first
 
     @property
     def supervised_tokens(self) -> int:
         return sum(self.loss_mask)
-
-
-def _common_prefix_len(a: str, b: str) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 def hf_tokenizer(tokenizer: Any) -> Any:
@@ -95,21 +111,28 @@ def hf_tokenizer(tokenizer: Any) -> Any:
 class Masker:
     """Turns `Record`s into `Tokenized` for one tokenizer and mask mode."""
 
-    def __init__(self, tokenizer: Any, mode: str = "assistant", max_seq_len: int | None = None):
+    def __init__(self, tokenizer: Any, mode: str = "assistant", max_seq_len: int | None = None,
+                 template: TemplateChoice | None = None):
         if mode not in MASK_MODES:
             raise UserError(f"--mask '{mode}' is not one of {', '.join(MASK_MODES)}")
         self.tokenizer = hf_tokenizer(tokenizer)
         self.mode = mode
         self.max_seq_len = max_seq_len
         self.warnings: list[str] = []
-        self.chat_template = getattr(self.tokenizer, "chat_template", None)
-        if not self.chat_template:
-            self.chat_template = DEFAULT_CHAT_TEMPLATE
+        self.template = template or TemplateChoice()
+        own = getattr(self.tokenizer, "chat_template", None)
+        own = own if isinstance(own, str) and own else None
+        if own is None and self.template.template is None:
+            own = DEFAULT_CHAT_TEMPLATE
             self.warnings.append(
                 "the tokenizer has no chat template; using mlxsft's default ChatML-style "
                 "template (<|im_start|>role ... <|im_end|>). Pass a model with a chat "
                 "template to train in its own format.")
-        self.uses_default_template = self.chat_template is DEFAULT_CHAT_TEMPLATE
+        # The template before --template-kwarg is baked in, for what the adapter saves.
+        self._base_template = own
+        self.chat_template = self.template.effective(own) or own
+        # mlxsft's default (kwargs baked in or not) ends turns with literal text.
+        self.uses_default_template = own is DEFAULT_CHAT_TEMPLATE and self.template.template is None
         # Special tokens are the candidates for a template's end-of-turn marker.
         self._special = sorted(
             {t for t in (getattr(self.tokenizer, "all_special_tokens", None) or []) if t}
@@ -176,17 +199,76 @@ class Masker:
                 best = (i, i + len(token))
         return best[1] if best else None
 
-    def _assistant_indices(self, messages: list[dict]) -> list[int]:
-        idx = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
-        return idx[-1:] if self.mode == "last" else idx
+    def saved_template(self) -> dict:
+        """What adapter_config.json records so chat, eval and fuse render alike."""
+        return self.template.saved(self._base_template)
 
-    def _spans_by_prefix(self, record: Record, full: str) -> dict[int, tuple[int, int] | None]:
+    def supervised_turns(self, messages: list[dict]) -> list[int]:
+        """The assistant turns that carry loss: the mode's, then each message's "train"."""
+        idx = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+        chosen = set(idx if self.mode != "last" else idx[-1:])
+        for i in idx:
+            if messages[i].get("train") is not None:
+                (chosen.add if messages[i]["train"] else chosen.discard)(i)
+        return sorted(chosen)
+
+    def prepared(self, record: Record) -> Record:
+        """The record as it is rendered: reasoning handled as --thinking says."""
+        if not record.messages or self.template.thinking == "keep":
+            return record
+        return Record(record.source, record.line, record.format,
+                      apply_thinking(record.messages, self.template.thinking), record.tools,
+                      record.text)
+
+    def tool_calls_not_rendered(self, record: Record) -> list[int]:
+        """Indices of messages whose tool calls the template leaves out of the rendering
+        (the rendering is the same with the calls removed)."""
+        found = []
+        full = None
+        for i, message in enumerate(record.messages):
+            if not message.get("tool_calls"):
+                continue
+            full = full if full is not None else self.render(record.messages, record.tools,
+                                                             False, record.where)
+            without = list(record.messages)
+            without[i] = {k: v for k, v in message.items() if k != "tool_calls"}
+            if self.render(without, record.tools, False, record.where) == full:
+                found.append(i)
+        return found
+
+    def _check_tool_calls(self, record: Record, turns: Sequence[int]) -> None:
+        for i in self.tool_calls_not_rendered(record):
+            if i not in turns:
+                continue
+            names = ", ".join(str(c["function"].get("name")) for c in record.messages[i]["tool_calls"])
+            what = "its text alone" if record.messages[i]["content"].strip() else "an empty reply"
+            raise MaskingError(
+                f"{record.where}: messages[{i}] calls tools ({names}) but the chat template "
+                f"does not render tool_calls, so the turn would train as {what}; use a template "
+                "that renders tool calls (--chat-template) or mark the turn \"train\": false")
+
+    def spans(self, record: Record, full: str, turns: Sequence[int]):
+        """({turn: (start, end) in full}, "search" if any needed the search, else None)."""
+        found, how = self._spans_by_prefix(record, full, turns), None
+        missing = [i for i, span in found.items() if span is None]
+        if missing:  # the turns the prefix method could not find
+            found.update(zip(missing, self._spans_by_search(record, full, missing)))
+            how = "search"
+        return found, how
+
+    def _spans_by_prefix(self, record: Record, full: str,
+                         turns: Sequence[int]) -> dict[int, tuple[int, int] | None]:
         """Each wanted turn's span, or None where the prefix method cannot find it."""
         spans = {}
         messages = record.messages
-        for i in self._assistant_indices(messages):
-            before = self.render(messages[:i], record.tools, True, record.where)
+        for i in turns:
             spans[i] = None
+            try:
+                before = self.render(messages[:i], record.tools, True, record.where)
+            except MaskingError:
+                if i:
+                    raise
+                continue  # a template that cannot render an empty conversation: search
             if not full.startswith(before):
                 continue
             span = None
@@ -212,7 +294,7 @@ class Masker:
         if at < 0 or self._end_of_turn(upto, lo, at) < at:
             return None
         end = self._end_of_turn(upto, at + len(core), len(upto))
-        if end > _common_prefix_len(upto, full):
+        if upto[:end] != full[:end]:  # a C comparison: records may be megabytes long
             return None
         return lo, end
 
@@ -250,8 +332,20 @@ class Masker:
         between the two), or, for a template without one, after the special token that
         only whitespace separates from the content (Mistral's "[/INST] reply")."""
         messages = record.messages
-        bare = self.render(messages[:i], record.tools, False, record.where)
-        prompt = self.render(messages[:i], record.tools, True, record.where)
+        try:
+            bare = self.render(messages[:i], record.tools, False, record.where)
+            prompt = self.render(messages[:i], record.tools, True, record.where)
+        except MaskingError:
+            if i:
+                raise
+            # An assistant-first conversation (transformers renders no empty one): learn
+            # the generation prompt from a one-message conversation instead.
+            probe = [{"role": "user", "content": "mlxsft-probe"}]
+            try:
+                bare = self.render(probe, record.tools, False, record.where)
+                prompt = self.render(probe, record.tools, True, record.where)
+            except MaskingError:
+                bare = prompt = ""
         gen = prompt[len(bare):] if prompt.startswith(bare) else ""
         if gen:
             g = full.rfind(gen, 0, at)
@@ -308,29 +402,64 @@ class Masker:
                 "the loss mask cannot be made exact; use --mask all or another template")
         return tokens, mask, "segments"
 
+    def _bounded(self, text: str, tokenize):
+        """tokenize(text) -> (tokens, mask, method), on the text cut to
+        CHARS_PER_TOKEN_BOUND characters per token of max_seq_len when that provably keeps
+        the first max_seq_len tokens; (result, whether it was cut)."""
+        if self.max_seq_len is not None:
+            limit = CHARS_PER_TOKEN_BOUND * self.max_seq_len
+            if len(text) > limit:
+                result = tokenize(text[:limit])
+                if len(result[0]) >= self.max_seq_len + _CUT_MARGIN:
+                    return result, True
+        return tokenize(text), False
+
+    def _text_tokens(self, text: str):
+        tokens = list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+        eos = self.tokenizer.eos_token_id
+        if eos is not None and (not tokens or tokens[-1] != eos):
+            tokens.append(eos)  # so the model also learns where a document ends
+        return tokens, [1] * len(tokens), "text"
+
+    def _chat_tokens(self, record: Record, full: str, spans: dict, how: str | None,
+                     invert: bool):
+        def tokenize(text: str):
+            clipped = [(lo, min(hi, len(text))) for _, (lo, hi) in sorted(spans.items())
+                       if lo < len(text)]
+            tokens, mask, method = self._tokens_for_spans(text, clipped, record.where)
+            if invert:  # --mask all with "train": false turns: those spans are left out
+                mask = [1 - m for m in mask]
+                method = "all"
+            if how:  # keep "segments" visible: data check reports both
+                method = how if method in ("prefix", "all") else f"{how}+{method}"
+            return tokens, mask, method
+        return self._bounded(full, tokenize)
+
     def encode(self, record: Record) -> Tokenized:
         """Tokens and loss mask for one record (truncated to max_seq_len)."""
+        record = self.prepared(record)
         if record.format == "text":
-            tokens = list(self.tokenizer(record.text, add_special_tokens=True)["input_ids"])
-            eos = self.tokenizer.eos_token_id
-            if eos is not None and (not tokens or tokens[-1] != eos):
-                tokens.append(eos)  # so the model also learns where a document ends
-            mask, method = [1] * len(tokens), "text"
+            (tokens, mask, method), capped = self._bounded(record.text, self._text_tokens)
         else:
             full = self.render(record.messages, record.tools, False, record.where)
             if self.mode == "all":
-                tokens, method = self._encode(full), "all"
-                mask = [1] * len(tokens)
+                off = [i for i, m in enumerate(record.messages)
+                       if m["role"] == "assistant" and m.get("train") is False]
+                if off:
+                    found, how = self.spans(record, full, off)
+                    (tokens, mask, method), capped = self._chat_tokens(record, full, found,
+                                                                       how, True)
+                else:
+                    def tokenize(text):
+                        ids = self._encode(text)
+                        return ids, [1] * len(ids), "all"
+                    (tokens, mask, method), capped = self._bounded(full, tokenize)
             else:
-                found, how = self._spans_by_prefix(record, full), None
-                missing = [i for i, span in found.items() if span is None]
-                if missing:  # the turns the prefix method could not find
-                    found.update(zip(missing, self._spans_by_search(record, full, missing)))
-                    how = "search"
-                spans = [found[i] for i in sorted(found)]
-                tokens, mask, method = self._tokens_for_spans(full, spans, record.where)
-                if how:  # keep "segments" visible: data check reports both
-                    method = how if method == "prefix" else f"{how}+{method}"
+                turns = self.supervised_turns(record.messages)
+                self._check_tool_calls(record, turns)
+                found, how = self.spans(record, full, turns)
+                (tokens, mask, method), capped = self._chat_tokens(record, full, found, how,
+                                                                   False)
         if mask:
             mask[0] = 0  # nothing predicts the first token
         n = len(tokens)
@@ -338,7 +467,7 @@ class Masker:
         if truncated:
             tokens, mask = tokens[:self.max_seq_len], mask[:self.max_seq_len]
         return Tokenized(tokens, mask, record.source, record.line, record.format, method,
-                         truncated, n)
+                         truncated, n, capped)
 
 
 @dataclass

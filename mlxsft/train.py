@@ -117,6 +117,7 @@ class Trainer:
                    hidden_size=loaded.config.get("hidden_size"),
                    num_hidden_layers=loaded.config.get("num_hidden_layers"),
                    data=self.data.files, mask=config.mask, max_seq_len=config.max_seq_len,
+                   **self.data.template,  # chat template + kwargs: chat and fuse render alike
                    mlxsft_version=__version__, step=step, val_loss=val_loss)
         return out
 

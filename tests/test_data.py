@@ -47,7 +47,7 @@ BAD = [
      "messages[1].role 'assitant' is not one of system, user, assistant, tool; did you mean 'assistant'?"),
     (b'{"messages": [{"role": "user", "content": "q"}]}', "no assistant turn in 'messages'"),
     (b'{"messages": [{"role": "user", "content": ["q"]}, {"role": "assistant", "content": "a"}]}',
-     "field 'messages[0].content' is a list, expected a string"),
+     "field 'messages[0].content[0]' is a string, expected a content part"),
     (b'{"messages": [{"role": "user", "contnet": "q"}, {"role": "assistant", "content": "a"}]}',
      "missing field 'messages[0].content' (found 'messages[0].contnet'"),
     (b'{"messages": []}', "field 'messages' must be a non-empty list"),

@@ -117,6 +117,7 @@ def fuse(adapter: str | Path, out: str | Path, model: str | None = None, fmt: st
     """Fuse `adapter` into its base (or `model`), write OUT in `fmt`, verify, report."""
     from mlxsft.checkpoints import read_adapter_config
     from mlxsft.export.staging import check_free_space, check_out_free, check_out_writable, staged
+    from mlxsft.templates import use_adapter_template
 
     adapter_dir, out = Path(adapter), Path(out)
     _check_options(fmt, dtype, quantize)
@@ -124,6 +125,9 @@ def fuse(adapter: str | Path, out: str | Path, model: str | None = None, fmt: st
     check_out_writable(out)
     adapter_config = read_adapter_config(adapter_dir)
     loaded, notes = _load_base(adapter_dir, adapter_config, model)
+    # The chat template (and template kwargs) the adapter was trained with: held-out
+    # masking renders with it, and every output format carries it.
+    use_adapter_template(loaded.tokenizer, adapter_config)
     out_dtype = dtype or stored_float_dtype(loaded)
     held_out = HeldOut.of(adapter_config, loaded.tokenizer)
     notes += held_out.notes
