@@ -44,12 +44,17 @@ def test_two_micro_batches_update_exactly_like_one_batch_of_their_rows(tiny_llam
     # And a whole optimizer step through the public call: same loss, same weights.
     one, model_one = new_step(tiny_llama, 4, 1)
     two, model_two = new_step(tiny_llama, 2, 2)
+    before = {k: mx.array(v) for k, v in tree_flatten(model_one.trainable_parameters())}
     r1, r2 = one(iter([whole])), two(iter(halves))
     assert (r1.supervised, r1.tokens) == (r2.supervised, r2.tokens) == (30, 64)
     assert abs(r1.loss - r2.loss) < 1e-5
     after_one = dict(tree_flatten(model_one.trainable_parameters()))
     after_two = dict(tree_flatten(model_two.trainable_parameters()))
-    # Adam's first step is lr * g / (|g| + eps): float rounding in a near-zero gradient
-    # moves an entry by a little of lr (1e-2), never by a step.
+    # Adam's first step is lr * g / (|g| + eps), which turns float rounding in a
+    # near-zero gradient entry into a visible change of that entry: compare the updates
+    # as a whole (a mean-of-means gradient would change them by far more).
     for name, value in after_one.items():
-        assert float(mx.abs(value - after_two[name]).max().item()) < 1e-4, name
+        update_one, update_two = value - before[name], after_two[name] - before[name]
+        gap = float(mx.linalg.norm((update_one - update_two).reshape(-1)).item())
+        size = float(mx.linalg.norm(update_one.reshape(-1)).item())
+        assert size > 0 and gap < 1e-3 * size, (name, gap, size)
