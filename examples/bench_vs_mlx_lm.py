@@ -19,8 +19,9 @@ Cases:
             1536, 49,152-token vocabulary, tied embeddings), 8 layers; batch 4 x 256
   vocab152k a tiny llama (hidden 64, 2 layers) with a Qwen2.5/Qwen3-sized 151,936-token
             vocabulary; batch 2 x 1024
+  llama50m  the README's BLAS model (11 layers, hidden 640, 512-token vocabulary)
 
-    python examples/bench_vs_mlx_lm.py [--case llama55m|vocab152k] [--iters 12] [--repeats 2]
+    python examples/bench_vs_mlx_lm.py [--case llama55m|vocab152k|llama50m] [--iters 12] [--repeats 2]
     python examples/bench_vs_mlx_lm.py --write-model DIR   # keep model + data for `mlxsft bench`
 
 The token ids come from a small byte-level BPE tokenizer (the model's vocabulary is larger
@@ -47,6 +48,10 @@ CASES = {
                      vocab=49152, batch=4, seq=256),
     "vocab152k": dict(hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128,
                       vocab=151936, batch=2, seq=1024),
+    # The model of the README's BLAS figures: 11 layers, hidden 640, the tokenizer's own
+    # 512-entry vocabulary (so the LM head is negligible there).
+    "llama50m": dict(hidden=640, layers=11, heads=10, kv_heads=5, intermediate=1728,
+                     vocab=None, batch=4, seq=256),
 }
 OPENBLAS = "/usr/lib/x86_64-linux-gnu/libopenblas.so.0"
 
@@ -78,7 +83,8 @@ def build(workdir: Path, case: dict, supervised: float, records: int):
     model = save_model_dir(workdir / "model", tokenizer=tokenizer, hidden_size=case["hidden"],
                            num_hidden_layers=case["layers"], intermediate_size=case["intermediate"],
                            num_attention_heads=case["heads"],
-                           num_key_value_heads=case["kv_heads"], vocab_size=case["vocab"],
+                           num_key_value_heads=case["kv_heads"],
+                           vocab_size=case["vocab"] or len(tokenizer),
                            max_position_embeddings=4 * case["seq"])
     data = workdir / "data"
     data.mkdir()
@@ -171,7 +177,7 @@ def main() -> None:
     ap.add_argument("--openblas", default=OPENBLAS, help="the OpenBLAS both trainers preload")
     ap.add_argument("--ours-flags", default="", help="extra `mlxsft train` flags, e.g. --pack")
     ap.add_argument("--write-model", type=Path, metavar="DIR",
-                    help="only write the model (DIR/model) and data (DIR/data) and exit")
+                    help="only write the case's model (DIR/model) and data (DIR/data) and exit")
     args = ap.parse_args()
     case = CASES[args.case]
     records = 8 * case["batch"] * 4
