@@ -139,39 +139,60 @@ def cmd_train(args) -> int:
 
     resume_from = None
     if args.resume:
-        from mlxsft.train import latest_saved
+        from mlxsft.rundir import config_file, run_of
 
         if args.config:
             raise UserError("--resume takes its settings from RUN/config.yaml; drop --config "
                             "(flags still override, e.g. --iters)")
-        resume_from = latest_saved(args.resume)
-        args.out = args.resume
-        config = build_config(args, str(Path(args.resume) / "config.yaml"))
+        run_dir = run_of(args.resume)
+        resume_from, args.out = args.resume, str(run_dir)
+        config = build_config(args, str(config_file(run_dir)))
     else:
         config = build_config(args, args.config)
-    stop = {"requested": False}
-
-    def on_sigint(signum, frame):
-        if stop["requested"]:
-            raise KeyboardInterrupt
-        stop["requested"] = True
-        print("\nmlxsft: stopping after this step and saving the adapter "
-              "(Ctrl-C again to quit now)", file=sys.stderr)
-
-    previous = signal.signal(signal.SIGINT, on_sigint)
+    stop = {"signal": None}
     printer = ProgressPrinter()
-    status = 0
+
+    def say(text: str) -> None:
+        try:
+            print(text, file=sys.stderr, flush=True)
+        except OSError:
+            pass  # the terminal is gone (SIGHUP): keep training and saving regardless
+
+    def on_signal(signum, frame):
+        # Ctrl-C, `timeout`/`docker stop`/systemd (SIGTERM) and a closed terminal (SIGHUP)
+        # all stop the run the same way: finish the step, save, exit with a status.
+        if stop["signal"] is not None:
+            raise KeyboardInterrupt
+        stop["signal"] = signum
+        again = "Ctrl-C" if signum == signal.SIGINT else "send it"
+        say(f"\nmlxsft: {signal.Signals(signum).name}: stopping after this step and saving "
+            f"the adapter ({again} again to quit now)")
+
+    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {s: signal.signal(s, on_signal) for s in handled}
+    status, finished = 0, None
     try:
-        for event in train(config, should_stop=lambda: stop["requested"],
-                           resume_from=resume_from):
-            printer(event)
+        for event in train(config, should_stop=lambda: stop["signal"] is not None,
+                           resume_from=resume_from, allow_data_change=args.allow_data_change):
+            try:
+                printer(event)
+            except OSError:
+                printer = lambda event: None  # noqa: E731 - no terminal left to print to
             if isinstance(event, ev.Failed):
                 status = 1
+            if isinstance(event, ev.Finished):
+                finished = event
     finally:
-        signal.signal(signal.SIGINT, previous)
-    # Stopped by Ctrl-C: the adapter is saved, but a script's `train && fuse` should not
-    # go on as if the run had finished.
-    return status or (130 if stop["requested"] else 0)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if stop["signal"] is None or status:
+        return status
+    # Stopped by a signal: the adapter is saved, but a script's `train && fuse` should not
+    # go on as if the run had finished; 128 + the signal, as a shell reports it.
+    if finished is not None:
+        say(f"mlxsft: stopped by {signal.Signals(stop['signal']).name} at step "
+            f"{finished.step}; `mlxsft train --resume {finished.adapter_dir}` continues")
+    return 128 + stop["signal"]
 
 
 # -- eval ------------------------------------------------------------------------------
@@ -258,7 +279,7 @@ def cmd_tui(args) -> int:
     # what can only go wrong later (loading the model) is shown in the app.
     if args.run and not Path(args.run).is_dir():
         raise UserError(f"--run {args.run}: no such run directory; pass the directory "
-                        "`mlxsft train --out` wrote (it holds metrics.jsonl)")
+                        "`mlxsft train --out` wrote")
     if args.data and not Path(args.data).exists():
         raise UserError(f"{args.data}: no such file or directory; pass a .jsonl file or a "
                         "directory with train.jsonl")
@@ -284,7 +305,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "run.yaml (keys are the option names); flags override the file.")
     p.add_argument("--config", help="YAML file of options (flags given here override it)")
     p.add_argument("--resume", metavar="RUN", help="continue a stopped run in RUN from its last "
-                   "saved adapter and optimizer state (pass --iters to extend it)")
+                   "saved adapter and optimizer state (pass --iters to extend it), or from an "
+                   "older checkpoint: --resume RUN/checkpoints/step-N")
+    p.add_argument("--allow-data-change", action="store_true", help="with --resume: continue "
+                   "even though the data files changed since the checkpoint (their SHA-256 "
+                   "differs)")
     add_arguments(p)
     p.set_defaults(func=cmd_train)
 

@@ -25,6 +25,16 @@ class Event:
 
 
 @dataclass
+class Setup(Event):
+    """A setup stage is starting (loading the model, tokenizing, compiling the step), so
+    a long silence before the first step report says what it is waiting for. Not
+    written to metrics.jsonl: it precedes the run's first line."""
+
+    stage: str  # "load", "tokenize" or "compile"
+    message: str
+
+
+@dataclass
 class RunStarted(Event):
     """The run is set up: model loaded, data tokenized, compiled step about to run."""
 
@@ -96,6 +106,7 @@ class Failed(Event):
 
 
 _KIND = {
+    Setup: "setup",
     RunStarted: "start",
     StepReport: "train",
     EvalReport: "eval",

@@ -35,7 +35,9 @@ class ProgressPrinter:
         self.stream.flush()
 
     def __call__(self, event) -> None:
-        if isinstance(event, ev.RunStarted):
+        if isinstance(event, ev.Setup):
+            self._line(f"{event.message}...")
+        elif isinstance(event, ev.RunStarted):
             for message in event.messages:
                 self._line(f"note: {message}")
             share = 100 * event.trainable_parameters / max(event.total_parameters, 1)

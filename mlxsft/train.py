@@ -11,47 +11,41 @@ live in `mlxsft.step`; this module is the loop around them and the run's files.
 from __future__ import annotations
 
 import math
-import os
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Callable, Iterator
 
 from mlxsft import __version__
 from mlxsft import events as ev
-from mlxsft.checkpoints import (
-    MetricsLog,
-    atomic_save_safetensors,
-    atomic_write_text,
-    save_adapter,
-)
+from mlxsft.checkpoints import file_sha256, read_adapter_config
 from mlxsft.config import TrainConfig
 from mlxsft.errors import UserError
 from mlxsft.prepare import prepare_data, read_data
+from mlxsft.rundir import (RunDir, changed_data, newest, read_checkpoint, resume_point,
+                           run_of, save_failure, saved_adapters, unit_bytes)
 from mlxsft.step import TrainStep, prepare_model
-
-
-OPTIMIZER_STATE = "optimizer.safetensors"
-
-
-def default_run_dir() -> Path:
-    return Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
 class Trainer:
     """Owns the model, optimizer and compiled step of one run; `run()` yields events."""
 
     def __init__(self, config: TrainConfig, loaded=None, should_stop: Callable[[], bool] | None = None,
-                 resume_from: str | Path | None = None):
+                 resume_from: str | Path | None = None, allow_data_change: bool = False):
         self.config = config
         self.loaded = loaded
         self.should_stop = should_stop or (lambda: False)
-        self.run_dir = Path(config.out) if config.out else default_run_dir()
-        # A saved adapter directory (with optimizer state) to continue from.
+        # RUN or RUN/checkpoints/step-N to continue from (adapter and optimizer state).
         self.resume_from = Path(resume_from) if resume_from else None
+        self.allow_data_change = allow_data_change
+        self.rundir: RunDir | None = None
+        # Set when claimed; a resumed run writes into the run its checkpoint belongs to.
+        self.run_dir = (run_of(resume_from) if resume_from else
+                        Path(config.out) if config.out else None)
 
     # -- setup -----------------------------------------------------------------------
-    def _setup(self) -> list[str]:
+    def _setup(self) -> Iterator[ev.Setup]:
+        """Claim the run directory, read the data, load the model, tokenize, prepare the
+        model; yields a `Setup` event before each slow stage."""
         import mlx.core as mx
 
         from mlxsft.models import load_model
@@ -59,52 +53,58 @@ class Trainer:
         config = self.config
         # Everything the user can get wrong that needs no model is checked first, so a typo
         # is reported in a second, not after loading a multi-gigabyte model.
-        self._check_run_dir()
+        resuming = self.resume_from is not None
+        self.rundir = RunDir.claim(self.run_dir, resume=resuming,
+                                   flag="--resume" if resuming else "--out")
+        self.run_dir = self.rundir.path
+        notes = []
+        if resuming:
+            notes += self.rundir.clean_leftovers()  # we hold the lock: nobody is writing
+            self.resume_point = resume_point(self.resume_from)
         splits = read_data(config)
+        if resuming:
+            notes += self._check_data(splits)
         mx.random.seed(config.seed)
         if self.loaded is None:
+            yield ev.Setup("load", f"loading model {config.model}")
             self.loaded = load_model(config.model, quantize=config.quantize,
                                      trust_remote_code=config.trust_remote_code)
+        records = sum(len(splits[k].records) for k in ("train", "valid") if splits.get(k))
+        yield ev.Setup("tokenize", f"tokenizing {records} records")
         self.data = prepare_data(config, self.loaded.tokenizer, splits)
         self.prepare_model()
-        return self.loaded.notes + self.data.messages
+        self.messages = notes + self.loaded.notes + self.data.messages
 
-    def _check_run_dir(self) -> None:
-        run_dir = self.run_dir
-        if run_dir.exists() and not run_dir.is_dir():
-            raise UserError(f"--out {run_dir}: is a file; choose a new run directory")
-        if self.resume_from is None and run_dir.exists() and any(run_dir.iterdir()):
-            raise UserError(f"--out {run_dir}: already holds files; choose a new run "
-                            "directory so nothing is overwritten")
-        created = not run_dir.exists()
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise UserError(f"--out {run_dir}: cannot create it ({e.strerror}); choose a "
-                            "directory you can write to") from None
-        self._created_run_dir = created
-        if not os.access(run_dir, os.W_OK | os.X_OK):
-            raise UserError(f"--out {run_dir}: not writable; choose a directory you can "
-                            "write to")
+    def _check_data(self, splits: dict) -> list[str]:
+        """A resumed run must see the data its checkpoint was trained on (same order,
+        same records); a changed file is refused unless allowed."""
+        recorded = read_adapter_config(self.resume_point.path).get("data")
+        # A hub split has its bytes in the cache (local_path); a streamed one has none.
+        files = {k: Path(splits[k].local_path) for k in ("train", "valid")
+                 if splits.get(k) and splits[k].local_path}
+        changed = changed_data(recorded, files, file_sha256)
+        if changed and not self.allow_data_change:
+            raise UserError(f"--resume {self.run_dir}: {changed[0]}; restore it, or pass "
+                            "--allow-data-change to continue on the new data")
+        return [f"continuing on changed data: {line}" for line in changed]
 
     def _write_config(self) -> None:
         """RUN/config.yaml, with local paths made absolute so --resume works from any
         directory; written only once the run is about to start."""
-        import yaml
-
         resolved = self.config.resolved() | {"out": str(self.run_dir)}
         for key in ("data", "valid", "model"):
             value = resolved.get(key)
             if value and Path(value).expanduser().exists():
                 resolved[key] = str(Path(value).expanduser().resolve())
-        atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+        self.rundir.write_config(resolved)
 
     def prepare_model(self) -> None:
         """Compute precision, LoRA (or unfreeze for full), gradient checkpointing."""
         prepared = prepare_model(self.loaded, self.config)
         self.lora, self.trainable, self.total = prepared.lora, prepared.trainable, prepared.total
 
-    def adapter_config(self, step: int, val_loss: float | None = None) -> dict:
+    def adapter_config(self, step: int, val_loss: float | None = None,
+                       train_loss: float | None = None) -> dict:
         loaded, config = self.loaded, self.config
         out = {"fine_tune_type": config.fine_tune}
         if self.lora is not None:
@@ -118,43 +118,58 @@ class Trainer:
                    num_hidden_layers=loaded.config.get("num_hidden_layers"),
                    data=self.data.files, mask=config.mask, max_seq_len=config.max_seq_len,
                    **self.data.template,  # chat template + kwargs: chat and fuse render alike
-                   mlxsft_version=__version__, step=step, val_loss=val_loss)
+                   mlxsft_version=__version__, step=step, val_loss=val_loss,
+                   train_loss=train_loss)
         return out
 
-    def save(self, directory: Path, step: int, val_loss: float | None = None,
-             with_optimizer: bool = True) -> None:
+    def save(self, kind: str, step: int, val_loss: float | None = None,
+             train_loss: float | None = None) -> tuple[Path | None, ev.Failed | None]:
+        """Save the "best" adapter, a "checkpoint", or the "final" one (a checkpoint that
+        becomes RUN's adapter). A write the file system refuses (a full disk) is returned
+        as a `Failed` event naming the last complete checkpoint, not raised."""
         from mlx.utils import tree_flatten
 
         weights = dict(tree_flatten(self.loaded.model.trainable_parameters()))
-        save_adapter(directory, weights, self.adapter_config(step, val_loss))
+        config = self.adapter_config(step, val_loss, train_loss)
         # The optimizer's moments make a resumed run continue exactly where this one was.
-        if with_optimizer:
-            atomic_save_safetensors(directory / OPTIMIZER_STATE,
-                                    dict(tree_flatten(self.optimizer.state)))
+        optimizer = None if kind == "best" else dict(tree_flatten(self.optimizer.state))
+        rundir = self.rundir
+        where = rundir.best_dir() if kind == "best" else rundir.checkpoint_dir(step)
+        try:
+            if kind == "best":
+                return rundir.save_best(step, weights, config), None
+            unit = rundir.save_checkpoint(step, weights, config, optimizer)
+            if kind == "final":
+                rundir.publish_final(unit)
+            return unit, None
+        except Exception as e:
+            reason = save_failure(e, where, unit_bytes(weights, optimizer))
+            if reason is None:
+                raise
+        last = self._last_checkpoint()
+        then = (f"free some space, then `mlxsft train --resume {self.run_dir}` continues from "
+                f"{last}" if last else "no complete checkpoint was saved before this one")
+        return None, ev.Failed(step, f"{reason}; {then}", last)
 
-    def restore(self, directory: Path) -> int:
-        """Load adapter weights and optimizer state saved by `save`; return their step."""
+    def restore(self, unit: Path) -> int:
+        """Load the adapter weights and optimizer state of a checkpoint; return its step."""
         from mlx.utils import tree_unflatten
 
-        from mlxsft.checkpoints import ADAPTER_WEIGHTS, load_safetensors, read_adapter_config
-
-        saved = read_adapter_config(directory)
+        saved, weights, optimizer = read_checkpoint(unit)
         for key in ("model_type", "hidden_size", "num_hidden_layers"):
             want, have = saved.get(key), self.loaded.config.get(key)
             if want is not None and have is not None and want != have:
-                raise UserError(f"--resume {directory}: trained on {saved.get('base_model')} "
+                raise UserError(f"--resume {unit}: trained on {saved.get('base_model')} "
                                 f"({key} {want}), but --model {self.loaded.source} has {key} "
                                 f"{have}; drop --model to resume on the run's own base")
-        weights = load_safetensors(directory / ADAPTER_WEIGHTS, f"--resume {directory}")
         try:
             self.loaded.model.load_weights(list(weights.items()), strict=False)
         except ValueError as e:
-            raise UserError(f"--resume {directory}: the saved adapter does not fit this model "
+            raise UserError(f"--resume {unit}: the saved adapter does not fit this model "
                             f"({' '.join(str(e).split())[:200]})") from None
-        if (directory / OPTIMIZER_STATE).exists():
+        if optimizer:
             # In place: the compiled step holds this very dict as its state.
-            self.optimizer.state.update(tree_unflatten(list(load_safetensors(
-                directory / OPTIMIZER_STATE, f"--resume {directory}").items())))
+            self.optimizer.state.update(tree_unflatten(list(optimizer.items())))
         return int(saved.get("step", 0))
 
     # -- the compiled step -----------------------------------------------------------
@@ -218,26 +233,27 @@ class Trainer:
         start = time.perf_counter()
         config = self.config
         try:
-            messages = self._setup()
+            yield from self._setup()
+            messages = self.messages
             per_epoch = steps_per_epoch(self._rows_per_epoch(), config.batch_size,
                                         config.grad_accum)
             total_steps = config.iters or max(1, math.ceil(config.epochs * per_epoch))
             messages += self.build_step(total_steps).notes
             messages.append(self.make_plan().summary())
-            start_step = self.restore(self.resume_from) if self.resume_from else 0
-            if self.resume_from and start_step >= total_steps:
-                raise UserError(f"--resume {self.resume_from}: already at step {start_step} of "
+            resumed = self.resume_point.path if self.resume_from else None
+            start_step = self.restore(resumed) if resumed else 0
+            if resumed and start_step >= total_steps:
+                raise UserError(f"--resume {resumed}: already at step {start_step} of "
                                 f"{total_steps}; pass a larger --iters to train on")
             if start_step:
-                messages.append(f"resumed from {self.resume_from} at step {start_step}")
+                messages.append(f"resumed from {resumed} at step {start_step}")
             self._write_config()
         except BaseException:
-            # Nothing was written: leave no empty run directory behind.
-            if (getattr(self, "_created_run_dir", False) and self.run_dir.is_dir()
-                    and not any(self.run_dir.iterdir())):
-                self.run_dir.rmdir()
+            # A new run that wrote nothing leaves no run directory behind.
+            if self.rundir is not None:
+                self.rundir.release(remove_if_empty=self.resume_from is None)
             raise
-        log = MetricsLog(self.run_dir / "metrics.jsonl")
+        log = self.rundir.open_metrics()
 
         def emit(event):
             log.write(event.to_json())
@@ -249,6 +265,7 @@ class Trainer:
             yield from self._loop(emit, start, total_steps, per_epoch, iterate_batches, start_step)
         finally:
             log.close()
+            self.rundir.release()
 
     def _loop(self, emit, start, total_steps, per_epoch, iterate_batches, start_step=0):
         import mlx.core as mx
@@ -264,6 +281,8 @@ class Trainer:
         best = last_val = last_train = None
         step = start_step
         stopped = False
+        # Compilation happens inside the first step; say so rather than go quiet.
+        yield ev.Setup("compile", "compiling the training step (the first step takes longer)")
         try:
             for step in range(start_step + 1, total_steps + 1):
                 if self.should_stop():
@@ -283,7 +302,9 @@ class Trainer:
                 window_sup += n_sup
                 window_tokens += n_tok
                 window_supervised += n_sup
-                if step % config.steps_per_report == 0 or step == total_steps:
+                # The first step is reported too, so a chart and the ETA start at once.
+                if (step % config.steps_per_report == 0 or step == total_steps
+                        or step == start_step + 1):
                     now = time.perf_counter()
                     elapsed = max(now - window_start, 1e-9)
                     last_train = window_loss / max(window_sup, 1)
@@ -300,41 +321,35 @@ class Trainer:
                     yield emit(ev.EvalReport(step, last_val, n_val, time.perf_counter() - start))
                     if best is None or last_val < best:
                         best = last_val
-                        self.save(self.run_dir / "best", step, last_val, with_optimizer=False)
-                        yield emit(ev.CheckpointSaved(step, str(self.run_dir / "best"), best=True))
+                        path, failed = self.save("best", step, last_val, last_train)
+                        if failed:
+                            yield emit(failed)
+                            return
+                        yield emit(ev.CheckpointSaved(step, str(path), best=True))
                 if config.steps_per_save and step % config.steps_per_save == 0 and step < total_steps:
-                    path = self.run_dir / "checkpoints" / f"step-{step:06d}"
-                    self.save(path, step, last_val)
+                    path, failed = self.save("checkpoint", step, last_val, last_train)
+                    if failed:
+                        yield emit(failed)
+                        return
                     yield emit(ev.CheckpointSaved(step, str(path)))
         except KeyboardInterrupt:
             stopped = True
-        self.save(self.run_dir, step, last_val)
+        path, failed = self.save("final", step, last_val, last_train)
+        if failed:
+            yield emit(failed)
+            return
         yield emit(ev.CheckpointSaved(step, str(self.run_dir)))
         yield emit(ev.Finished(step, str(self.run_dir), last_train, last_val, best,
                                time.perf_counter() - start, stopped))
 
     def _last_checkpoint(self) -> str | None:
-        found = sorted((self.run_dir / "checkpoints").glob("step-*"))
-        return str(found[-1]) if found else None
+        """The newest complete checkpoint a run can be resumed from."""
+        found = newest([a for a in saved_adapters(self.run_dir) if a.resumable])
+        return str(found.path) if found else None
 
 
 def train(config: TrainConfig, loaded=None, should_stop=None,
-          resume_from: str | Path | None = None) -> Iterator[ev.Event]:
+          resume_from: str | Path | None = None,
+          allow_data_change: bool = False) -> Iterator[ev.Event]:
     """Run a fine-tune, yielding events; see `Trainer`."""
-    return Trainer(config, loaded, should_stop, resume_from).run()
-
-
-def latest_saved(run_dir: str | Path) -> Path:
-    """The most advanced adapter saved in a run: the run directory itself or a checkpoint."""
-    import json
-
-    from mlxsft.checkpoints import ADAPTER_CONFIG
-
-    run_dir = Path(run_dir)
-    candidates = [d for d in [run_dir, *sorted((run_dir / "checkpoints").glob("step-*"))]
-                  if (d / ADAPTER_CONFIG).exists() and (d / OPTIMIZER_STATE).exists()]
-    if not (run_dir / "config.yaml").exists() or not candidates:
-        raise UserError(f"--resume {run_dir}: not a run directory with a saved adapter and "
-                        "optimizer state (config.yaml, adapters.safetensors, "
-                        f"{OPTIMIZER_STATE})")
-    return max(candidates, key=lambda d: json.loads((d / ADAPTER_CONFIG).read_text()).get("step", 0))
+    return Trainer(config, loaded, should_stop, resume_from, allow_data_change).run()

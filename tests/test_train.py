@@ -3,12 +3,13 @@
 import json
 import math
 import os
+import shutil
 
 import pytest
 
 from conftest import write_jsonl
 from mlxsft import events as ev
-from mlxsft.checkpoints import read_metrics
+from mlxsft.rundir import read_metrics
 from mlxsft.cli import main
 from mlxsft.config import TrainConfig, build_config
 from mlxsft.errors import UserError
@@ -24,23 +25,29 @@ def test_thirty_steps_lower_the_loss_and_write_exactly_the_run_files(tiny_llama,
     events = run_events(data=str(tiny_data), model=str(tiny_llama), out=str(out), iters=30,
                         batch_size=8, learning_rate=1e-3, steps_per_report=5,
                         steps_per_eval=15, steps_per_save=10)
+    # Setup stages are announced (not logged): loading, tokenizing, then compiling the step.
+    assert [e.kind if e.kind != "setup" else e.stage for e in events[:5]] == [
+        "load", "tokenize", "start", "compile", "train"]
+    events = [e for e in events if not isinstance(e, ev.Setup)]
     kinds = [e.kind for e in events]
     assert kinds[0] == "start" and kinds[-1] == "finished"
     reports = [e for e in events if isinstance(e, ev.StepReport)]
-    assert [r.step for r in reports] == [5, 10, 15, 20, 25, 30]
+    # Step 1 is reported too, so the chart and ETA start with the first step.
+    assert [r.step for r in reports] == [1, 5, 10, 15, 20, 25, 30]
     assert reports[-1].train_loss < reports[0].train_loss * 0.7
     evals = [e for e in events if isinstance(e, ev.EvalReport)]
     assert [e.step for e in evals] == [15, 30] and evals[-1].val_supervised_tokens > 0
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    unit = ["adapter_config.json", "adapters.safetensors", "optimizer.safetensors"]
     assert files == [
         "adapter_config.json", "adapters.safetensors",
         "best/adapter_config.json", "best/adapters.safetensors",
-        "checkpoints/step-000010/adapter_config.json", "checkpoints/step-000010/adapters.safetensors",
-        "checkpoints/step-000010/optimizer.safetensors",
-        "checkpoints/step-000020/adapter_config.json", "checkpoints/step-000020/adapters.safetensors",
-        "checkpoints/step-000020/optimizer.safetensors",
-        "config.yaml", "metrics.jsonl", "optimizer.safetensors",
+        *[f"checkpoints/step-0000{n}/{name}" for n in (10, 20, 30) for name in unit],
+        "config.yaml", "metrics.jsonl",
     ]
+    # The final adapter is the last checkpoint's files, linked (no second copy).
+    for name in unit[:2]:
+        assert os.path.samefile(out / name, out / "checkpoints/step-000030" / name)
     metrics = read_metrics(out)
     assert [m["event"] for m in metrics] == kinds
     assert all(k in metrics[1] for k in ("step", "train_loss", "learning_rate", "tokens",
@@ -200,9 +207,10 @@ def test_resume_continues_exactly_where_the_run_stopped(tiny_llama, tiny_data, t
     first = tmp_path / "first"
     assert main(["train", str(tiny_data), "--out", str(first), "--iters", "6",
                  "--steps-per-save", "3", *common]) == 0
-    # Pretend the run died after step 3: only the checkpoint survives.
-    for name in ("adapters.safetensors", "adapter_config.json", "optimizer.safetensors"):
+    # Pretend the run died after step 3: only that checkpoint survives.
+    for name in ("adapters.safetensors", "adapter_config.json"):
         (first / name).unlink()
+    shutil.rmtree(first / "checkpoints" / "step-000006")
     capsys.readouterr()
     assert main(["train", "--resume", str(first)]) == 0
     assert "resumed from" in capsys.readouterr().out

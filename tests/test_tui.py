@@ -108,10 +108,10 @@ def test_live_run_plots_steps_stops_with_an_adapter_and_compares(tiny_llama, tin
                            and app.training_view.chart.val_points, what="step reports")
             chart = app.training_view.chart
             steps = [s for s, _ in chart.train_points]
-            assert steps == sorted(steps) and steps[:3] == [2, 4, 6]
+            assert steps == sorted(steps) and steps[:3] == [1, 2, 4]  # from the first step
             assert chart.total_steps == 300
             progress = app.query_one("#progress")
-            assert progress.total == 300 and progress.progress >= 6
+            assert progress.total == 300 and progress.progress >= steps[2]
             assert "ETA" in str(app.query_one("#eta").render())
             assert app.query_one("#start").disabled and not app.query_one("#stop").disabled
 
@@ -119,7 +119,7 @@ def test_live_run_plots_steps_stops_with_an_adapter_and_compares(tiny_llama, tin
             await wait_for(pilot, lambda: not app.training, what="the run to stop")
             finished = app.training_view.finished
             assert isinstance(finished, ev.Finished) and finished.stopped_early
-            assert 6 <= finished.step < 300
+            assert steps[2] <= finished.step < 300
             assert (out / "adapters.safetensors").exists()
             assert any("stopped early" in text for _, text in app.event_log.entries)
             assert not errors(app)
@@ -146,7 +146,7 @@ def test_live_run_plots_steps_stops_with_an_adapter_and_compares(tiny_llama, tin
             await pilot.press("ctrl+t")
             await wait_for(pilot, lambda: not app.training, what="the resumed run to stop")
             steps = [s for s, _ in chart.train_points]
-            assert steps[0] == 2 and steps == sorted(set(steps))
+            assert steps[0] == 1 and steps == sorted(set(steps))
             assert app.training_view.finished.step > finished.step and not errors(app)
 
     asyncio.run(scenario())
@@ -154,7 +154,9 @@ def test_live_run_plots_steps_stops_with_an_adapter_and_compares(tiny_llama, tin
     assert {StepProgress, TrainEvent, TrainDone, ChatUpdate} <= kinds
     progress = [m for m in seen if isinstance(m, StepProgress)]
     # Every message carries all reports so far: coalescing one away loses no point.
-    assert all(len(m.reports) == i + 1 for i, m in enumerate(progress))
+    # (Steps 1 and 2 arrive within milliseconds, so the app may well coalesce them.)
+    assert all(b.reports[:len(a.reports)] == a.reports and len(b.reports) > len(a.reports)
+               for a, b in zip(progress, progress[1:]))
 
 
 def test_prompts_wait_while_training_then_both_columns_answer(tmp_path):

@@ -18,7 +18,6 @@ meanwhile). ctrl+r resumes a stopped run from its last saved adapter and optimiz
 from __future__ import annotations
 
 import itertools
-import json
 import threading
 from pathlib import Path
 from typing import Callable
@@ -32,10 +31,10 @@ from textual.widgets import Input, Tabs
 from textual.worker import get_current_worker
 
 from mlxsft import events as ev
-from mlxsft.checkpoints import ADAPTER_CONFIG
 from mlxsft.config import build_config
 from mlxsft.errors import UserError
 from mlxsft.models import DEFAULT_MODEL
+from mlxsft.rundir import find_runs
 from mlxsft.tui.chat_engine import ChatEngine, ChatRequest
 from mlxsft.tui.messages import ChatUpdate, DataChecked, DataFailed, StepProgress, TrainDone
 from mlxsft.tui.messages import TrainEvent
@@ -198,7 +197,7 @@ class MlxsftApp(App):
 
     def action_resume_run(self) -> None:
         """Continue the opened (or last) run from its last saved adapter and optimizer."""
-        from mlxsft.train import latest_saved
+        from mlxsft.rundir import resume_point
 
         if self.training:
             return
@@ -206,12 +205,12 @@ class MlxsftApp(App):
             self.show_error("no run to resume: open a run directory (ctrl+o) first")
             return
         try:
-            resume_from = latest_saved(self.run_dir)
+            point = resume_point(self.run_dir)
             config = build_config({**self._form_options(), "out": str(self.run_dir)})
         except UserError as e:
             self.show_error(str(e))
             return
-        step = json.loads((resume_from / ADAPTER_CONFIG).read_text()).get("step", 0)
+        resume_from, step = point.path, point.step
         self.training_view.resume_at(step)
         self.event_log.add("info", f"resuming {self.run_dir} from step {step}")
         self._launch(config, resume_from)
@@ -288,11 +287,11 @@ class MlxsftApp(App):
             return
         path = self.run_panel.values().get("out")
         if not path:
-            runs = sorted(Path("runs").glob("*/metrics.jsonl")) if Path("runs").is_dir() else []
+            runs = find_runs()
             if not runs:
                 self.show_error("fill in 'run dir' with a run directory to open")
                 return
-            path = str(runs[-1].parent)
+            path = str(runs[-1])
         self.open_run_dir(path)
 
     def open_run_dir(self, path: str, keep: dict | None = None) -> None:

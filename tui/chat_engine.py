@@ -15,9 +15,9 @@ from __future__ import annotations
 import queue
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
+from mlxsft.checkpoints import adapter_stamp  # the final adapter is replaced when a run ends
 from mlxsft.errors import UserError
 from mlxsft.tui.messages import ChatUpdate
 
@@ -64,14 +64,6 @@ def _default_stream(loaded, messages, max_tokens):
     return stream_reply(loaded, messages, max_tokens=max_tokens, temperature=0.0)
 
 
-def _adapter_stamp(adapter_dir: str) -> int:
-    # The final adapter is rewritten in place when a run ends: reload it then.
-    try:
-        return (Path(adapter_dir) / "adapters.safetensors").stat().st_mtime_ns
-    except OSError:
-        return 0
-
-
 def _error_text(error: BaseException) -> str:
     if isinstance(error, UserError):
         return f"error: {error}"
@@ -112,7 +104,7 @@ class ChatEngine:
         return self.closed.is_set() or self._cancelled()
 
     def _model(self, side: str, model: str | None, adapter_dir: str | None):
-        key = (model, adapter_dir, _adapter_stamp(adapter_dir) if adapter_dir else 0)
+        key = (model, adapter_dir, adapter_stamp(adapter_dir) if adapter_dir else 0)
         cached = self._cache.get(side)
         if cached is None or cached[0] != key:
             self._cache.pop(side, None)  # free the old copy before loading a new one

@@ -5,7 +5,6 @@ checks made before any work starts (OUT free and writable, enough disk space).
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import tempfile
@@ -13,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from mlxsft.checkpoints import write_failure
 from mlxsft.errors import UserError
 
 
@@ -46,23 +46,6 @@ def check_free_space(out: Path, needed: int) -> None:
                         "(nothing was written)")
 
 
-# Errors of the file system (not of our code) while writing OUT: reported in one line.
-_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EIO}
-
-
-def _write_failure(e: Exception, where: Path) -> str | None:
-    """A one-line reason when `e` is the file system refusing a write, else None. Only
-    OSError carries an errno; MLX ("[write] Unable to write ..."), tokenizers ("os error
-    28") and NumPy's tofile report a full disk in their own words, so look at the disk."""
-    if isinstance(e, OSError) and e.errno in _WRITE_ERRNOS:
-        return e.strerror
-    try:
-        full = shutil.disk_usage(where).free < 2**20
-    except OSError:
-        full = False
-    return "no space left on the device" if full else None
-
-
 @contextmanager
 def staged(out: str | Path, single_file: bool = False) -> Iterator[Path]:
     """Yield where to write (a temporary directory next to `out`, or a file inside it when
@@ -85,7 +68,7 @@ def staged(out: str | Path, single_file: bool = False) -> Iterator[Path]:
         except UserError:
             raise
         except Exception as e:
-            if (reason := _write_failure(e, tmp)) is None:
+            if (reason := write_failure(e, tmp)) is None:
                 raise
             raise UserError(f"--out {out}: writing failed ({reason}); nothing was written "
                             "(free some space or choose another path)") from None
