@@ -6,6 +6,7 @@ import pytest
 from mlxsft import plan as plan_module
 from mlxsft.cli import main
 from mlxsft.config import TrainConfig
+from mlxsft.events import RunStarted
 from mlxsft.train import Trainer
 
 
@@ -23,8 +24,9 @@ def test_predicted_peak_is_within_a_quarter_of_the_measured_one(tiny_llama, tiny
     measured = [e for e in events if e.kind == "train"][-1].peak_memory_gb * 1e9
     predicted = trainer.plan.peak
     assert abs(predicted - measured) <= 0.25 * measured, (predicted, measured)
-    assert events[0].messages[-1] == trainer.plan.summary()
-    assert events[0].messages[-1].startswith(f"plan: peak memory ~{predicted / 1e9:.2f} GB at "
+    started = next(e for e in events if isinstance(e, RunStarted))
+    assert started.messages[-1] == trainer.plan.summary()
+    assert started.messages[-1].startswith(f"plan: peak memory ~{predicted / 1e9:.2f} GB at "
                                              "batch 8 x 96 of ")
 
 
