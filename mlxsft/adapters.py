@@ -20,7 +20,10 @@ def attach_adapter(loaded, adapter_dir: str | Path) -> dict:
 
     adapter_dir = Path(adapter_dir)
     config = read_adapter_config(adapter_dir)
-    base = config.get("base_model", "unknown")
+    from mlxsft.provenance import local_base
+
+    # Said here, not published: the local path when the adapter's run knows it.
+    base = local_base(adapter_dir, config) or config.get("base_model", "unknown")
     trained_on = f"trained on {base}"
     for key in ("model_type", "hidden_size", "num_hidden_layers"):
         want, have = config.get(key), loaded.config.get(key)
@@ -29,7 +32,8 @@ def attach_adapter(loaded, adapter_dir: str | Path) -> dict:
                             f"--model {loaded.source} has {key} {have}; pass the adapter's "
                             "base model")
     # A damaged file is not a mismatch: say so before mlx-lm reads it.
-    load_safetensors(adapter_dir / ADAPTER_WEIGHTS, f"--adapter {adapter_dir}")
+    check_finite(load_safetensors(adapter_dir / ADAPTER_WEIGHTS, f"--adapter {adapter_dir}"),
+                 adapter_dir / ADAPTER_WEIGHTS)
     try:
         load_adapters(loaded.model, str(adapter_dir))
     except (ValueError, KeyError, AttributeError) as e:
@@ -44,12 +48,41 @@ def attach_adapter(loaded, adapter_dir: str | Path) -> dict:
     return config
 
 
+def check_finite(weights: dict, path: str | Path) -> None:
+    """Refuse adapter weights with NaN or infinite values (a run that diverged): every
+    answer, loss and fused weight made from them would be NaN too."""
+    import mlx.core as mx
+
+    for name, tensor in weights.items():
+        if mx.issubdtype(tensor.dtype, mx.floating):
+            bad = int((~mx.isfinite(tensor)).sum().item())
+            if bad:
+                raise UserError(f"{path}: {name} has {bad} NaN or infinite value"
+                                f"{'s' if bad != 1 else ''}: the run diverged; use an earlier "
+                                "checkpoint or train again with a lower --learning-rate")
+
+
 def adapter_base(adapter: str | Path) -> tuple[str | None, str | None]:
     """(model spec to load, name the user gave) of the base an adapter was trained on."""
+    from mlxsft.provenance import local_base
+
     recorded = read_adapter_config(adapter)
-    # A local base is recorded by absolute path, so this works from any directory.
-    path, name = recorded.get("base_model_path"), recorded.get("base_model")
-    return (path if path and Path(path).exists() else name), name
+    # The adapter names its base; where it sits here is in its run's config.yaml (absolute,
+    # so this works from any directory).
+    name = recorded.get("base_model")
+    here = local_base(adapter, recorded)
+    if here is None and name and not _loadable_by_name(name):
+        raise UserError(f"--adapter {adapter}: its base {name!r} was a local model, and the "
+                        f"run's config.yaml that says where it is is not with the adapter; "
+                        "pass the base with --model PATH")
+    return (here or name), name
+
+
+def _loadable_by_name(name: str) -> bool:
+    """An alias, a hub id or a path that exists here: what `load_model` can take as is."""
+    from mlxsft.export.hf import hub_id
+
+    return hub_id(name) is not None or Path(name).exists()
 
 
 def load_for_inference(model: str | None, adapter: str | Path | None = None,

@@ -10,8 +10,9 @@ changes nothing.
 OpenBLAS comes from the `scipy-openblas32` wheel (runtime CPU detection, no compiler,
 no apt), whose symbols carry a `scipy_` prefix. Once per library version a renamed copy
 is written with `patchelf --rename-dynamic-symbols` into ~/.cache/mlxsft/blas/ (a
-temporary name, then a rename, so concurrent first runs are safe); every later start is
-a stat and a dlopen. `MLXSFT_NO_BLAS=1` opts out; `MLXSFT_BLAS_THREADS` sets the thread
+temporary name, then a rename, so concurrent first runs are safe), with a stamp beside
+it naming the source (path, size, mtime) and the copy's own size; every later start
+whose stamp matches is a stat, a small read and a dlopen. `MLXSFT_NO_BLAS=1` opts out; `MLXSFT_BLAS_THREADS` sets the thread
 count. Failures never raise: they leave MLX on its reference BLAS with one warning line.
 On macOS MLX uses Accelerate and nothing here runs.
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -39,6 +41,8 @@ KNOWN_NAMES = (
 )
 PREFIX = "scipy_"
 LIBRARY_NAME = "libopenblas_mlxsft.so"
+STAMP_NAME = "stamp.json"  # beside the library: what it was built from, and its size
+RECIPE_VERSION = 2  # bump when the way the copy is made changes
 
 
 @dataclass
@@ -123,14 +127,40 @@ def _patchelf() -> str:
     return found
 
 
+def _source_stamp(source: Path) -> dict:
+    """What the cached copy was built from: a different stamp means build it again."""
+    stat = source.stat()
+    return {"source": str(source), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+            "recipe": RECIPE_VERSION}
+
+
+def _cached(target: Path, want: dict) -> bool:
+    """True when `target` is a finished build from the source that `want` describes.
+
+    The copy cannot be compared with its source by size (patchelf changes it), so the
+    build records its source and its own size in a stamp beside it, written last."""
+    try:
+        stamp = json.loads(target.with_name(STAMP_NAME).read_text())
+        return (isinstance(stamp, dict) and stamp.get("built_from") == want
+                and stamp.get("library_size") == target.stat().st_size)
+    except (OSError, ValueError):
+        return False
+
+
+def forget(library: Path) -> None:
+    """Drop a cached copy (and its stamp) that turned out to be unusable."""
+    library.with_name(STAMP_NAME).unlink(missing_ok=True)
+    library.unlink(missing_ok=True)
+
+
 def renamed_library() -> Path:
     """The cached copy of OpenBLAS whose symbols carry plain BLAS names (built once)."""
     source = _source_library()
-    stat = source.stat()
-    key = hashlib.sha256(f"{source}:{stat.st_size}:{stat.st_mtime_ns}:v1".encode()).hexdigest()[:16]
+    want = _source_stamp(source)
+    key = hashlib.sha256(json.dumps(want, sort_keys=True).encode()).hexdigest()[:16]
     target = cache_dir() / key / LIBRARY_NAME
-    if target.exists() and target.stat().st_size == stat.st_size:
-        return target
+    if _cached(target, want):
+        return target  # every start after the first: a stat and a small read
     # Probe the prefixed names this build exports, without polluting the global namespace.
     probe = ctypes.CDLL(str(source), mode=os.RTLD_LOCAL)
     names = [n for n in _needed_names() if hasattr(probe, PREFIX + n)]
@@ -139,16 +169,21 @@ def renamed_library() -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{LIBRARY_NAME}.{os.getpid()}.tmp")
     mapping = tmp.with_suffix(".map")
+    stamp_tmp = tmp.with_suffix(".stamp")
     try:
         shutil.copyfile(source, tmp)
         mapping.write_text("".join(f"{PREFIX}{n} {n}\n" for n in names))
         subprocess.run([_patchelf(), "--rename-dynamic-symbols", str(mapping),
                         "--set-soname", LIBRARY_NAME, str(tmp)],
                        check=True, capture_output=True, timeout=120)
+        stamp_tmp.write_text(json.dumps({"built_from": want,
+                                         "library_size": tmp.stat().st_size}))
+        # Library first, stamp last: a stamp always describes a complete library.
         os.replace(tmp, target)
+        os.replace(stamp_tmp, target.with_name(STAMP_NAME))
     finally:
-        tmp.unlink(missing_ok=True)
-        mapping.unlink(missing_ok=True)
+        for leftover in (tmp, mapping, stamp_tmp):
+            leftover.unlink(missing_ok=True)
     return target
 
 
@@ -191,17 +226,30 @@ def preload() -> BlasStatus:
         try:
             handle = ctypes.CDLL(str(library), mode=os.RTLD_GLOBAL)
         except OSError:
-            # A damaged cache file (e.g. a disk filled up mid-write): build it again.
-            library.unlink(missing_ok=True)
+            # A damaged cache file (edited, or damaged on disk): build it again.
+            forget(library)
             library = renamed_library()
             handle = ctypes.CDLL(str(library), mode=os.RTLD_GLOBAL)
         if not hasattr(handle, "cblas_sgemm"):
             raise RuntimeError(f"{library} does not export cblas_sgemm")
         _status = BlasStatus("openblas", True, str(library), _set_threads(handle))
+    except OSError as e:  # a full or read-only disk, most likely: say where and what to do
+        _status = BlasStatus("reference", False, reason=(
+            f"could not prepare OpenBLAS in {cache_dir()} ({e.strerror or e}); it needs "
+            "~30 MB free there once, or set MLXSFT_CACHE_DIR to a writable directory"))
+        _warn(_status.reason)
     except Exception as e:  # never stop the program over speed
         _status = BlasStatus("reference", False, reason=f"{type(e).__name__}: {e}")
         _warn(f"could not load OpenBLAS ({_status.reason})")
     return _status
+
+
+def slow_warning() -> str | None:
+    """One line for front ends that hide stderr (the TUI): why training will be slow."""
+    if _status.active or _status.reason in (None, "disabled by MLXSFT_NO_BLAS",
+                                            "preload() has not run"):
+        return None
+    return f"MLX uses its reference BLAS (~30x slower training): {_status.reason}"
 
 
 def _warn(message: str) -> None:

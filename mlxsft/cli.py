@@ -170,6 +170,7 @@ def cmd_train(args) -> int:
 
     handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     previous = {s: signal.signal(s, on_signal) for s in handled}
+    keep_awake()
     status, finished = 0, None
     try:
         for event in train(config, should_stop=lambda: stop["signal"] is not None,
@@ -193,6 +194,22 @@ def cmd_train(args) -> int:
         say(f"mlxsft: stopped by {signal.Signals(stop['signal']).name} at step "
             f"{finished.step}; `mlxsft train --resume {finished.adapter_dir}` continues")
     return 128 + stop["signal"]
+
+
+def keep_awake():
+    """On macOS, keep the machine from idle sleep while this process trains (`caffeinate
+    -i -w PID` ends by itself when the process does); elsewhere nothing. Returns the
+    caffeinate process, or None."""
+    import shutil
+    import subprocess
+
+    if sys.platform != "darwin" or not (caffeinate := shutil.which("caffeinate")):
+        return None
+    try:
+        return subprocess.Popen([caffeinate, "-i", "-w", str(os.getpid())],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except OSError:
+        return None  # sleeping is a nuisance, not a reason to refuse to train
 
 
 # -- eval ------------------------------------------------------------------------------
@@ -262,6 +279,19 @@ def cmd_bench(args) -> int:
 
 
 # -- env -------------------------------------------------------------------------------
+def cmd_compare(args) -> int:
+    import json
+
+    from mlxsft.compare import compare, render, to_json
+    from mlxsft.rundir import check_run_dir
+
+    run_dir = check_run_dir(args.run)
+    table = compare(run_dir, args.prompts, args.include, args.limit, args.max_tokens,
+                    progress=None if args.json else lambda m: print(m, file=sys.stderr))
+    print(json.dumps(to_json(table), indent=2) if args.json else render(table))
+    return 0
+
+
 def cmd_env(args) -> int:
     from mlxsft import doctor
 
@@ -446,6 +476,25 @@ def build_parser() -> argparse.ArgumentParser:
                    "synthetic tokens")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("compare", help="answer held-out prompts with the base, every checkpoint "
+                       "and exports, and score them",
+                       description="Which checkpoint behaves best, and did tuning break "
+                       "anything? Answers a probe set (greedy) with the base, every adapter "
+                       "the run saved and each --include model, and prints each answer and, "
+                       "per model, the loss of the reference answers, exact matches, answers "
+                       "that ended with the end-of-turn token, mean length and JSON parses.")
+    p.add_argument("run", metavar="RUN", help="a run directory (the --out of mlxsft train)")
+    p.add_argument("--prompts", default=None, metavar="FILE", help="a .jsonl of prompts with "
+                   "reference answers (default: the run's validation data)")
+    p.add_argument("--include", nargs="+", default=[], metavar="PATH", help="also a fused "
+                   "model directory or .gguf file")
+    p.add_argument("--limit", type=_int_at_least(1), default=8, help="prompts to answer "
+                   "(default: 8)")
+    p.add_argument("--max-tokens", type=_int_at_least(1), default=64,
+                   help="longest answer, in tokens (default: 64)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("env", help="this machine: MLX, BLAS, threads, the default model",
                        description="Report versions, MLX's device, whether the optimized BLAS "

@@ -18,6 +18,7 @@ from typing import Any
 from mlxsft.errors import UserError
 from mlxsft.masking import MASK_MODES
 from mlxsft.models import DEFAULT_MODEL
+from mlxsft.optimizers import OPTIMIZERS
 from mlxsft.templates import THINKING_MODES
 
 
@@ -35,8 +36,9 @@ class TrainConfig:
                       f"file, or the alias {DEFAULT_MODEL} (the embedded default)")
     out: str | None = _opt(None, "run directory for adapters, checkpoints and metrics "
                            "(default: runs/<date>-<time>)")
-    fine_tune: str = _opt("lora", "lora (adapters on a frozen base) or full (all weights; "
-                          "small models only)", choices=("lora", "full"))
+    fine_tune: str = _opt("lora", "lora (adapters on a frozen base), dora (LoRA with a learned "
+                          "per-row magnitude) or full (all weights; small models only)",
+                          choices=("lora", "dora", "full"))
     mask: str = _opt("assistant", "what carries loss: assistant (every assistant turn and its "
                      "end-of-turn token), last (the final assistant turn), all (every token)",
                      choices=MASK_MODES)
@@ -47,7 +49,12 @@ class TrainConfig:
                            "supervised tokens of the accumulated batch")
     iters: int | None = _opt(None, "optimizer steps to train (overrides --epochs)")
     epochs: float = _opt(1.0, "passes over the training data when --iters is not given")
-    learning_rate: float = _opt(1e-4, "peak learning rate (AdamW)")
+    learning_rate: float = _opt(1e-4, "peak learning rate")
+    optimizer: str = _opt("adamw", "optimizer from mlx.optimizers (muon: Muon for weight "
+                          "matrices, AdamW for the rest)", choices=OPTIMIZERS)
+    beta1: float = _opt(0.9, "first-moment decay (adamw, adam, lion)")
+    beta2: float = _opt(0.999, "second-moment decay (adamw, adam, lion: 0.99 is usual for lion)")
+    momentum: float = _opt(0.0, "momentum (sgd; muon uses 0.95 when 0)")
     lr_schedule: str = _opt("cosine", "learning-rate decay after warmup",
                             choices=("cosine", "linear", "constant"))
     warmup: float = _opt(0.05, "warmup: a fraction of the steps (<1) or a number of steps")
@@ -57,6 +64,12 @@ class TrainConfig:
     lora_alpha: float = _opt(16.0, "LoRA alpha; the update is scaled by alpha / rank, as in "
                              "PEFT (rank 8, alpha 16: scale 2)")
     lora_dropout: float = _opt(0.0, "dropout on the LoRA input")
+    lora_scale: str = _opt("alpha", "LoRA scaling: alpha (alpha / rank) or rs (rsLoRA: "
+                           "alpha / sqrt(rank), steadier at high ranks)", choices=("alpha", "rs"))
+    lora_plus_ratio: float = _opt(0.0, "LoRA+: B's learning rate is this multiple of A's "
+                                  "(16 in the paper; 0: off)")
+    neftune_alpha: float = _opt(0.0, "NEFTune: noise of this size on the input embeddings "
+                                "while training (5 in the paper; 0: off)")
     lora_layers: int = _opt(-1, "apply LoRA to the last N transformer layers (-1: all)")
     lora_targets: list[str] | None = _opt(None, "module names to adapt, e.g. self_attn.q_proj "
                                           "mlp.down_proj (default: every linear projection "
@@ -74,9 +87,20 @@ class TrainConfig:
     steps_per_report: int = _opt(10, "report training loss every N steps")
     steps_per_eval: int = _opt(50, "validation loss every N steps (and at the end; 0: only "
                                "at the end)")
+    eval_every: float | None = _opt(None, "validation every N steps (N >= 1) or every fraction "
+                                    "of an epoch (0 < N < 1); overrides --steps-per-eval")
+    patience: int = _opt(0, "early stopping: stop after N evaluations without a lower "
+                         "validation loss, keeping the best adapter (0: off)")
     val_batches: int = _opt(-1, "validation batches per evaluation (-1: all)")
     steps_per_save: int = _opt(100, "save an adapter checkpoint every N steps (0: only at the "
                                "end)")
+    report_to: list[str] | None = _opt(None, "also log to trackers: tensorboard (event files in "
+                                       "RUN/tensorboard), wandb (respects WANDB_MODE=offline)")
+    sample_prompts: str | None = _opt(None, "a .jsonl of prompts answered at every evaluation "
+                                      "(default: the first --samples records of the "
+                                      "validation data)")
+    samples: int = _opt(3, "held-out prompts answered (greedy) at every evaluation (0: none)")
+    sample_max_tokens: int = _opt(64, "longest sample answer, in tokens")
     skip_invalid: bool = _opt(False, "train on the valid records and count the invalid ones, "
                               "instead of stopping at the first")
     trust_remote_code: bool = _opt(False, "allow a model that runs its own Python code")
@@ -200,6 +224,8 @@ def build_config(args: argparse.Namespace | dict, yaml_path: str | None = None,
     return config
 
 
+TRACKERS = ("tensorboard", "wandb")
+
 # (field, predicate, what it must be): checked after flags and YAML are merged, so a bad
 # value fails here, in one line, before a model is loaded or a run directory is made.
 _RULES = [
@@ -222,6 +248,18 @@ _RULES = [
     ("steps_per_eval", lambda v: v >= 0, "0 (only at the end) or more"),
     ("steps_per_save", lambda v: v >= 0, "0 (only at the end) or more"),
     ("val_batches", lambda v: v == -1 or v >= 1, "-1 (all) or at least 1"),
+    ("beta1", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("beta2", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("lora_plus_ratio", lambda v: math.isfinite(v) and v >= 0, "0 (off) or more, e.g. 16"),
+    ("neftune_alpha", lambda v: math.isfinite(v) and v >= 0, "0 (off) or more, e.g. 5"),
+    ("eval_every", lambda v: v is None or (math.isfinite(v) and v > 0 and (v < 1 or v == int(v))),
+     "a whole number of steps, or a fraction of an epoch between 0 and 1"),
+    ("patience", lambda v: v >= 0, "0 (off) or more evaluations"),
+    ("samples", lambda v: v >= 0, "0 (none) or more"),
+    ("sample_max_tokens", lambda v: v >= 1, "at least 1"),
+    ("report_to", lambda v: not v or all(t in TRACKERS for t in v),
+     f"among {', '.join(TRACKERS)}"),
 ]
 
 

@@ -83,4 +83,8 @@ def evaluate_data(data: str, model: str | None = None, adapter: str | None = Non
     pad = tok.pad_token_id if getattr(tok, "pad_token_id", None) is not None else 0
     loaded.model.eval()
     loss, n = mean_nll(loaded.model, encoded.items, batch_size, max_seq_len, pad)
+    if not math.isfinite(loss):
+        what = f"{loaded.source} + {adapter}" if adapter else loaded.source
+        raise UserError(f"{split.path}: the loss of {what} is {loss} (non-finite): the model "
+                        "produces NaN or infinite logits on this data; check its weights")
     return EvalResult(split.path, loaded.source, adapter, len(encoded.items), n, loss)

@@ -75,6 +75,16 @@ class EvalReport(Event):
 
 
 @dataclass
+class SampleAnswers(Event):
+    """Greedy answers to held-out prompts at an evaluation: what the loss does not show.
+    Each sample: prompt, answer, reference (or None), exact, ended (stopped at the
+    end-of-turn token), tokens."""
+
+    step: int
+    samples: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
 class CheckpointSaved(Event):
     step: int
     path: str
@@ -96,6 +106,9 @@ class Finished(Event):
     best_val_loss: float | None
     seconds: float
     stopped_early: bool = False
+    # Why the run ended before its last step: "" (it did not), "interrupted", or the
+    # early-stopping message naming the best adapter.
+    stop_reason: str = ""
 
 
 @dataclass
@@ -110,6 +123,7 @@ _KIND = {
     RunStarted: "start",
     StepReport: "train",
     EvalReport: "eval",
+    SampleAnswers: "samples",
     CheckpointSaved: "checkpoint",
     Warning: "warning",
     Finished: "finished",

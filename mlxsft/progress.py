@@ -51,6 +51,11 @@ class ProgressPrinter:
             self.val_loss = event.val_loss
             self._line(f"step {event.step}: validation loss {event.val_loss:.4f} "
                        f"({event.val_supervised_tokens} supervised tokens)")
+        elif isinstance(event, ev.SampleAnswers):
+            for sample in event.samples:
+                mark = {True: "right", False: "wrong", None: "answer"}[sample.get("exact")]
+                self._line(f"step {event.step}: {mark}: {_one_line(sample['prompt'], 50)} -> "
+                           f"{_one_line(sample['answer'], 70)}")
         elif isinstance(event, ev.CheckpointSaved):
             label = "best adapter" if event.best else "adapter"
             self._line(f"step {event.step}: saved {label} to {event.path}")
@@ -64,6 +69,8 @@ class ProgressPrinter:
             if event.best_val_loss is not None:
                 parts.append(f"best validation loss {event.best_val_loss:.4f}")
             self._line("; ".join(parts) + f"; adapter: {event.adapter_dir}")
+            if event.stop_reason and event.stop_reason != "interrupted":
+                self._line(event.stop_reason)
         elif isinstance(event, ev.Failed):
             if self.open_line:
                 self.stream.write("\n")
@@ -82,3 +89,8 @@ class ProgressPrinter:
                 f"lr {e.learning_rate:.1e} tok/s {e.tokens_per_second:.0f} "
                 f"sup/s {e.supervised_tokens_per_second:.0f} mem {e.peak_memory_gb:.2f}GB "
                 f"ETA {eta // 60}:{eta % 60:02d}")
+
+
+def _one_line(text: str, width: int) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[: width - 1] + "…"

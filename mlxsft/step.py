@@ -38,7 +38,7 @@ class PreparedModel:
 
 def prepare_model(loaded, config: TrainConfig) -> PreparedModel:
     """Compute precision, LoRA (or unfreeze for full), gradient checkpointing, in place."""
-    from mlxsft.lora import apply_lora, count_parameters, lora_spec
+    from mlxsft.lora import apply_lora, apply_neftune, count_parameters, lora_spec
     from mlxsft.models import to_compute_precision
 
     to_compute_precision(loaded, config.keep_quantized)
@@ -51,8 +51,10 @@ def prepare_model(loaded, config: TrainConfig) -> PreparedModel:
         lora = None
     else:
         lora = lora_spec(model, config.lora_rank, config.lora_alpha, config.lora_dropout,
-                         config.lora_layers, config.lora_targets)
+                         config.lora_layers, config.lora_targets, config.lora_scale,
+                         dora=config.fine_tune == "dora")
         apply_lora(model, lora)
+    apply_neftune(model, config.neftune_alpha)
     if config.grad_checkpoint:
         for layer in model.layers:
             _checkpointed(layer)
@@ -123,6 +125,7 @@ class TrainStep:
         from mlx.utils import tree_map
 
         from mlxsft.loss import SupervisedLoss, packing_problem
+        from mlxsft.optimizers import build_optimizer
 
         self.model, self.config = model, config
         if config.pack and (why := packing_problem(model)):
@@ -132,8 +135,7 @@ class TrainStep:
                             "per-row mask. Drop --pack")
         self.grad_accum = config.grad_accum
         self.schedule = learning_rate_schedule(config, total_steps)
-        self.optimizer = optim.AdamW(learning_rate=self.schedule,
-                                     weight_decay=config.weight_decay)
+        self.optimizer = build_optimizer(config, self.schedule)
         self.state = [model.state, self.optimizer.state, mx.random.state]
         self.loss = SupervisedLoss(model)
         # Said once, before training: which loss path this model takes.

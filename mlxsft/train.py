@@ -20,10 +20,13 @@ from mlxsft import events as ev
 from mlxsft.checkpoints import file_sha256, read_adapter_config
 from mlxsft.config import TrainConfig
 from mlxsft.errors import UserError
+from mlxsft.optimizers import optimizer_record
 from mlxsft.prepare import prepare_data, read_data
+from mlxsft.provenance import public_data, public_name, public_template
 from mlxsft.rundir import (RunDir, changed_data, newest, read_checkpoint, resume_point,
                            run_of, save_failure, saved_adapters, unit_bytes)
 from mlxsft.step import TrainStep, prepare_model
+from mlxsft.trackers import check_trackers, open_trackers
 
 
 class Trainer:
@@ -62,6 +65,8 @@ class Trainer:
             notes += self.rundir.clean_leftovers()  # we hold the lock: nobody is writing
             self.resume_point = resume_point(self.resume_from)
         splits = read_data(config)
+        self.probes = self._probes(splits)
+        check_trackers(config.report_to)
         if resuming:
             notes += self._check_data(splits)
         mx.random.seed(config.seed)
@@ -74,6 +79,17 @@ class Trainer:
         self.data = prepare_data(config, self.loaded.tokenizer, splits)
         self.prepare_model()
         self.messages = notes + self.loaded.notes + self.data.messages
+
+    def _probes(self, splits) -> list:
+        """The held-out prompts answered at every evaluation (`SampleAnswers`)."""
+        from mlxsft.probes import probes_from_records, read_probes
+
+        if not self.config.samples:
+            return []
+        if self.config.sample_prompts:
+            return read_probes(self.config.sample_prompts, self.config.samples)
+        valid = splits.get("valid")
+        return probes_from_records(valid.records, self.config.samples) if valid else []
 
     def _check_data(self, splits: dict) -> list[str]:
         """A resumed run must see the data its checkpoint was trained on (same order,
@@ -111,15 +127,18 @@ class Trainer:
             out.update(num_layers=self.lora.num_layers,
                        lora_parameters=self.lora.mlx_lm_parameters(),
                        lora_alpha=self.lora.alpha)
-        out.update(base_model=loaded.source, base_model_path=str(Path(loaded.path).resolve()),
-                   base_model_kind=loaded.kind, base_quantization=loaded.quantization,
+        # Names and hashes only: this file is shared with the adapter; the local paths a
+        # later command needs are in RUN/config.yaml (see mlxsft.provenance).
+        out.update(base_model=public_name(loaded.source), base_model_kind=loaded.kind, base_quantization=loaded.quantization,
                    model_type=loaded.config.get("model_type"),
                    hidden_size=loaded.config.get("hidden_size"),
                    num_hidden_layers=loaded.config.get("num_hidden_layers"),
-                   data=self.data.files, mask=config.mask, max_seq_len=config.max_seq_len,
-                   **self.data.template,  # chat template + kwargs: chat and fuse render alike
+                   data=public_data(self.data.files), mask=config.mask,
+                   max_seq_len=config.max_seq_len,
+                   # chat template + kwargs: chat and fuse render alike
+                   **public_template(self.data.template),
                    mlxsft_version=__version__, step=step, val_loss=val_loss,
-                   train_loss=train_loss)
+                   train_loss=train_loss, optimizer=optimizer_record(config))
         return out
 
     def save(self, kind: str, step: int, val_loss: float | None = None,
@@ -168,8 +187,11 @@ class Trainer:
             raise UserError(f"--resume {unit}: the saved adapter does not fit this model "
                             f"({' '.join(str(e).split())[:200]})") from None
         if optimizer:
-            # In place: the compiled step holds this very dict as its state.
-            self.optimizer.state.update(tree_unflatten(list(optimizer.items())))
+            from mlxsft.optimizers import check_resumable, load_state
+
+            check_resumable(saved.get("optimizer"), self.config, str(unit))
+            # In place: the compiled step holds the optimizer's own state dicts.
+            load_state(self.optimizer, tree_unflatten(list(optimizer.items())))
         return int(saved.get("step", 0))
 
     # -- the compiled step -----------------------------------------------------------
@@ -254,9 +276,12 @@ class Trainer:
                 self.rundir.release(remove_if_empty=self.resume_from is None)
             raise
         log = self.rundir.open_metrics()
+        trackers = open_trackers(config.report_to, self.run_dir, config.resolved())
 
         def emit(event):
             log.write(event.to_json())
+            for tracker in trackers:
+                tracker(event)
             return event
 
         try:
@@ -265,6 +290,8 @@ class Trainer:
             yield from self._loop(emit, start, total_steps, per_epoch, iterate_batches, start_step)
         finally:
             log.close()
+            for tracker in trackers:
+                tracker.close()
             self.rundir.release()
 
     def _loop(self, emit, start, total_steps, per_epoch, iterate_batches, start_step=0):
@@ -279,6 +306,8 @@ class Trainer:
         window_loss = window_sup = 0.0
         window_start, window_tokens, window_supervised = time.perf_counter(), 0, 0
         best = last_val = last_train = None
+        best_step, stale, stop_reason = 0, 0, ""
+        eval_every = eval_interval(config, per_epoch)
         step = start_step
         stopped = False
         # Compilation happens inside the first step; say so rather than go quiet.
@@ -315,17 +344,27 @@ class Trainer:
                         mx.get_peak_memory() / 1e9))
                     window_loss = window_sup = 0.0
                     window_start, window_tokens, window_supervised = now, 0, 0
-                eval_due = config.steps_per_eval and step % config.steps_per_eval == 0
+                eval_due = eval_every and step % eval_every == 0
                 if self.data.valid and (eval_due or step == total_steps):
                     last_val, n_val = self.evaluate()
                     yield emit(ev.EvalReport(step, last_val, n_val, time.perf_counter() - start))
+                    if self.probes:
+                        yield emit(ev.SampleAnswers(step, self.sample_answers()))
                     if best is None or last_val < best:
-                        best = last_val
+                        best, best_step, stale = last_val, step, 0
                         path, failed = self.save("best", step, last_val, last_train)
                         if failed:
                             yield emit(failed)
                             return
                         yield emit(ev.CheckpointSaved(step, str(path), best=True))
+                    else:
+                        stale += 1
+                    if config.patience and stale >= config.patience and step < total_steps:
+                        stop_reason = (f"early stopping: {stale} evaluations without a lower "
+                                       f"validation loss; the best adapter is "
+                                       f"{self.rundir.best_dir()} (step {best_step}, validation "
+                                       f"loss {best:.4f})")
+                        break
                 if config.steps_per_save and step % config.steps_per_save == 0 and step < total_steps:
                     path, failed = self.save("checkpoint", step, last_val, last_train)
                     if failed:
@@ -334,18 +373,49 @@ class Trainer:
                     yield emit(ev.CheckpointSaved(step, str(path)))
         except KeyboardInterrupt:
             stopped = True
+        if stopped:
+            stop_reason = "interrupted"
         path, failed = self.save("final", step, last_val, last_train)
         if failed:
             yield emit(failed)
             return
         yield emit(ev.CheckpointSaved(step, str(self.run_dir)))
         yield emit(ev.Finished(step, str(self.run_dir), last_train, last_val, best,
-                               time.perf_counter() - start, stopped))
+                               time.perf_counter() - start, stopped or bool(stop_reason),
+                               stop_reason))
+
+    def sample_answers(self) -> list[dict]:
+        """Greedy answers to the held-out probes, in eval mode (no dropout, no NEFTune)."""
+        from mlxsft.probes import answer
+
+        model = self.loaded.model
+        model.eval()
+        try:
+            out = []
+            for probe in self.probes:
+                a = answer(self.loaded, probe, self.config.sample_max_tokens)
+                out.append({"prompt": probe.prompt, "answer": a.text,
+                            "reference": probe.reference, "where": probe.where,
+                            **a.scores(probe.reference)})
+            return out
+        finally:
+            model.train()
 
     def _last_checkpoint(self) -> str | None:
         """The newest complete checkpoint a run can be resumed from."""
         found = newest([a for a in saved_adapters(self.run_dir) if a.resumable])
         return str(found.path) if found else None
+
+
+def eval_interval(config: TrainConfig, per_epoch: float) -> int:
+    """Steps between evaluations: --eval-every (steps, or a fraction of an epoch) when
+    given, else --steps-per-eval; 0 means only at the end."""
+    every = config.eval_every
+    if every is None:
+        return config.steps_per_eval
+    if every >= 1:
+        return int(every)
+    return max(1, round(every * per_epoch))
 
 
 def train(config: TrainConfig, loaded=None, should_stop=None,

@@ -57,11 +57,11 @@ def test_export_adapter_writes_the_peft_layout(tiny_llama, last_layer_adapter, t
     assert main(["export-adapter", "--adapter", str(last_layer_adapter), "--format", "peft",
                  "--out", str(out)]) == 0
     assert capsys.readouterr().out == (f"wrote a PEFT LoRA adapter to {out}: 2 modules, r 8, "
-                                       f"lora_alpha 16, base {tiny_llama}\n")
+                                       f"lora_alpha 16, base {tiny_llama.name}\n")
     assert sorted(os.listdir(out)) == ["README.md", "adapter_config.json",
                                        "adapter_model.safetensors"]
     assert json.loads((out / "adapter_config.json").read_text()) == {
-        "base_model_name_or_path": str(tiny_llama), "peft_type": "LORA",
+        "base_model_name_or_path": tiny_llama.name, "peft_type": "LORA",
         "task_type": "CAUSAL_LM", "r": 8, "lora_alpha": 16, "lora_dropout": 0.0,
         "target_modules": ["self_attn.q_proj", "self_attn.v_proj"],
         "layers_to_transform": [1], "layers_pattern": "layers", "bias": "none",

@@ -86,7 +86,7 @@ def test_verification_matches_independent_evaluation(tiny_llama, tiny_data, adap
     from mlxsft.evaluate import evaluate_data
 
     v = fused_hf.verification
-    assert (v.source, v.records, v.tokenizer_matches) == (str(tiny_data / "valid.jsonl"), 8, True)
+    assert (v.source, v.records, v.tokenizer_matches) == ("valid.jsonl", 8, True)
     assert v.max_logit_diff < 1e-4 and v.compared_positions > 100
     base = evaluate_data(str(tiny_data), str(tiny_llama))
     tuned = evaluate_data(str(tiny_data), str(tiny_llama), str(adapter))
@@ -99,9 +99,11 @@ def test_verification_matches_independent_evaluation(tiny_llama, tiny_data, adap
     assert fused_hf.warnings == [] and fused_hf.notes == []
     card = (fused_hf.out / "README.md").read_text()
     valid_sha = json.loads((adapter / "adapter_config.json").read_text())["data"][1]["sha256"]
-    for text in (str(tiny_llama), str(adapter), "LoRA rank 8, alpha 16", valid_sha,
-                 f"| base | {v.loss_base:.4f} |", f"| this model | {v.loss_fused:.4f} |"):
+    for text in (f"`{tiny_llama.name}`", f"`{adapter.name}`", "LoRA rank 8, alpha 16", valid_sha,
+                 "`valid.jsonl`", f"| base | {v.loss_base:.4f} |",
+                 f"| this model | {v.loss_fused:.4f} |"):
         assert text in card
+    assert "/tmp" not in card and str(tiny_llama.parent) not in card  # names, not paths
 
 
 def test_mlx_lm_loads_the_fused_model(tiny_llama, adapter, fused_hf):
@@ -188,7 +190,7 @@ def test_requantized_export_says_how_much_tuning_it_lost(tiny_llama, tiny_data, 
     fused = evaluate_data(str(tiny_data), str(out)).loss
     kept = (base - fused) / (base - tuned)
     assert 0.9 < kept < 1 and fused > tuned
-    assert stdout.splitlines()[0] == (f"fused {adapter} into {tiny_llama} -> {out} (mlx, "
+    assert stdout.splitlines()[0] == (f"fused {adapter} into {tiny_llama.name} -> {out} (mlx, "
                                       "float32, quantized 4-bit (group size 64))")
     assert f"loss base {base:.4f}, tuned {tuned:.4f}, fused {fused:.4f} nats/token " \
            f"(keeps {kept:.1%} of the tuning's improvement)" in stdout
@@ -243,7 +245,7 @@ def test_a_crash_while_writing_leaves_nothing(adapter, tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
-def test_built_in_prompts_when_the_validation_data_is_gone(adapter, tmp_path):
+def test_built_in_prompts_when_the_validation_data_is_gone(tiny_llama, adapter, tmp_path):
     from mlxsft.export.fuse import fuse
 
     moved = tmp_path / "adapter"
@@ -252,7 +254,8 @@ def test_built_in_prompts_when_the_validation_data_is_gone(adapter, tmp_path):
     config = json.loads((adapter / "adapter_config.json").read_text())
     config["data"][1]["path"] = str(tmp_path / "gone.jsonl")
     (moved / "adapter_config.json").write_text(json.dumps(config))
-    result = fuse(moved, tmp_path / "out", dtype="float32")
+    # Without its run's config.yaml the adapter knows its base by name only.
+    result = fuse(moved, tmp_path / "out", model=str(tiny_llama), dtype="float32")
     v = result.verification
     assert (v.source, v.records) == ("built-in prompts", 4)
     assert result.notes == [f"the run's validation data {tmp_path / 'gone.jsonl'} is gone; "

@@ -9,6 +9,8 @@ Three kinds of worker thread, each owning what it touches:
   thread-local, and nobody chats with the model being trained);
 - the data worker (group "data") loads a tokenizer and lints the data file.
 
+Each runs its job on a thread of its own that frees the MLX state it made before it
+ends (`mlxsft.mlx_thread`: left to interpreter exit, that state can abort the process).
 They report through `post_message` only (see `workers.py`); every widget change
 happens here on the UI thread. A prompt sent while a run trains is queued until the run
 stops; ctrl+n answers it at once on the chat thread's own copies (and slows training
@@ -30,9 +32,11 @@ from textual.timer import Timer
 from textual.widgets import Input, Tabs
 from textual.worker import get_current_worker
 
+from mlxsft import blas
 from mlxsft import events as ev
 from mlxsft.config import build_config
 from mlxsft.errors import UserError
+from mlxsft.mlx_thread import run_on_own_thread
 from mlxsft.models import DEFAULT_MODEL
 from mlxsft.rundir import find_runs
 from mlxsft.tui.chat_engine import ChatEngine, ChatRequest
@@ -101,6 +105,9 @@ class MlxsftApp(App):
         self.data_key: tuple | None = None
         self.metrics_pos = 0
         self.poll_timer: Timer | None = None
+        # The directory the trainer named for a run started with 'run dir' empty: shown in
+        # the field, but the next run started from it gets a fresh name of its own.
+        self.auto_run_dir: str | None = None
 
     # -- layout -----------------------------------------------------------------------
     def get_default_screen(self) -> Screen:
@@ -131,6 +138,9 @@ class MlxsftApp(App):
         self.run_worker(self._serve_chat, thread=True, group="chat", exit_on_error=False,
                         name="chat models")
         self.show_view()
+        slow = blas.slow_warning()  # printed on stderr too, but the app's screen hides it
+        if slow:
+            self.event_log.add("warning", f"warning: {slow}")
         given = {k: v for k, v in self.initial.items() if k in ("data", "model") and v}
         try:
             self.settings = build_config(given, self.initial["config_path"]).resolved()
@@ -180,7 +190,10 @@ class MlxsftApp(App):
     def _form_options(self) -> dict:
         # The form is the truth for its fields (an emptied field means the default).
         form = {name for name, _, _ in FIELDS}
-        return {k: v for k, v in self.settings.items() if k not in form} | self.run_panel.values()
+        values = self.run_panel.values()
+        if self.auto_run_dir is not None and values.get("out") == self.auto_run_dir:
+            del values["out"]  # the last run's default name, not the user's choice
+        return {k: v for k, v in self.settings.items() if k not in form} | values
 
     def action_start_run(self) -> None:
         if self.training:
@@ -217,6 +230,8 @@ class MlxsftApp(App):
 
     def _launch(self, config, resume_from: Path | None = None) -> None:
         self._stop_polling()
+        if self.view != "train":
+            self.show_view("train")  # on a small terminal: leave Setup for the progress
         self.training, self.answer_during_training = True, False
         self.stop_event = threading.Event()
         self.run_panel.set_running(True)
@@ -229,9 +244,9 @@ class MlxsftApp(App):
     def train_worker(self, config, stop: threading.Event, resume_from: Path | None = None,
                      earlier: tuple[ev.StepReport, ...] = ()) -> None:
         worker = get_current_worker()
-        run_training(self.post_message, self.train_fn, config,
-                     lambda: stop.is_set() or worker.is_cancelled, resume_from, earlier,
-                     log=self.log.error)
+        run_on_own_thread(run_training, self.post_message, self.train_fn, config,
+                          lambda: stop.is_set() or worker.is_cancelled, resume_from, earlier,
+                          log=self.log.error, name="mlxsft train")
 
     def action_stop_run(self) -> None:
         if self.training and not self.stop_event.is_set():
@@ -248,6 +263,9 @@ class MlxsftApp(App):
             self.event_log.add(severity, line)
         if isinstance(event, ev.RunStarted):
             self.run_dir = Path(event.run_dir)
+            if self.run_panel.values().get("out") in (None, self.auto_run_dir):
+                self.auto_run_dir = event.run_dir  # show where it goes, not the placeholder
+                self.run_panel.set_values({"out": event.run_dir})
         if isinstance(event, (ev.RunStarted, ev.CheckpointSaved)):
             self.compare.set_adapters(saved_adapters(self.run_dir))
         if isinstance(event, ev.Failed):
@@ -336,7 +354,8 @@ class MlxsftApp(App):
     # -- chat -------------------------------------------------------------------------
     def _serve_chat(self) -> None:
         worker = get_current_worker()
-        self.chat_engine.serve(cancelled=lambda: worker.is_cancelled)
+        run_on_own_thread(self.chat_engine.serve, cancelled=lambda: worker.is_cancelled,
+                          name="mlxsft chat")
 
     def _chat_model(self) -> str:
         return self.run_panel.values().get("model") or DEFAULT_MODEL
@@ -403,7 +422,7 @@ class MlxsftApp(App):
 
     @work(thread=True, exclusive=True, group="data", exit_on_error=False)
     def data_worker(self, key: tuple) -> None:
-        lint_data(self.post_message, key)
+        run_on_own_thread(lint_data, self.post_message, key, name="mlxsft data")
 
     def on_data_checked(self, message: DataChecked) -> None:
         if message.key == self.data_key:

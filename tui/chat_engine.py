@@ -7,7 +7,9 @@ the base with a saved adapter (its own copies, cached until the model or the ada
 file changes), answers one request at a time, and interleaves the two generations so
 both columns fill side by side. It reports only through `post` (the app's
 `post_message`, which is thread-safe). Whether to answer while a run trains is the
-app's decision, not the engine's.
+app's decision, not the engine's. When it stops it frees its models and the thread's
+MLX state on its own thread (see `mlxsft.mlx_thread`); the app's event loop joins the
+thread before the interpreter shuts down.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Callable
 
 from mlxsft.checkpoints import adapter_stamp  # the final adapter is replaced when a run ends
 from mlxsft.errors import UserError
+from mlxsft.mlx_thread import release_thread_state
 from mlxsft.tui.messages import ChatUpdate
 
 
@@ -91,14 +94,22 @@ class ChatEngine:
 
     def serve(self, cancelled: Callable[[], bool] = lambda: False) -> None:
         """Answer requests until `close()` (or `cancelled()`); call it from the thread
-        that is to own the models."""
+        that is to own the models. On return it frees them and that thread's MLX state,
+        so the thread must do no more MLX work: give it one of its own
+        (`mlxsft.mlx_thread.run_on_own_thread`)."""
         self._cancelled = cancelled
-        while not self._stopping():
-            try:
-                request = self.requests.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            self.answer(request)
+        try:
+            while not self._stopping():
+                try:
+                    request = self.requests.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                self.answer(request)
+        finally:
+            # The models' arrays and the thread's MLX state go on the thread that made
+            # them, while the interpreter is alive: left to thread exit they can abort it.
+            self._cache.clear()
+            release_thread_state()
 
     def _stopping(self) -> bool:
         return self.closed.is_set() or self._cancelled()

@@ -2,7 +2,9 @@
 
 `run_training` iterates the trainer (so the model being trained lives on the calling
 thread) and posts each event; `lint_data` reads and masks a data file for the data
-view. Neither touches a widget; the app wraps them in Textual thread workers.
+view. Neither touches a widget; the app wraps them in Textual thread workers, each job
+on a thread of its own (`mlxsft.mlx_thread.run_on_own_thread`) that frees its MLX state
+before it ends, since the workers' pooled threads outlive the job.
 """
 
 from __future__ import annotations

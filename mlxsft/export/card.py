@@ -1,5 +1,6 @@
 """Model cards: the README.md written next to a fused model or an exported adapter, naming
-the base, the adapter and the data it was trained on.
+the base, the adapter and the data it was trained on (by name and sha256: a card is
+published, so it holds no local path).
 """
 
 from __future__ import annotations
@@ -7,13 +8,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from mlxsft.export.hf import hub_id
+from mlxsft.provenance import public_data, public_name
 
 
 def describe_data(adapter_config: dict) -> list[str]:
     lines = []
-    for entry in adapter_config.get("data") or []:
-        lines.append(f"- {entry.get('split')}: `{entry.get('path')}` ({entry.get('records')} "
-                     f"records, sha256 `{entry.get('sha256')}`)")
+    for entry in public_data(adapter_config.get("data") or []):  # names, never local paths
+        lines.append(f"- {entry['split']}: `{entry['name']}` ({entry['records']} "
+                     f"records, sha256 `{entry['sha256']}`)")
     return lines or ["- (not recorded)"]
 
 
@@ -29,7 +31,9 @@ def describe_lora(adapter_config: dict) -> str:
 
 def model_card(title: str, base: str, adapter_dir: Path, adapter_config: dict, what: str,
                body: list[str], library: str) -> str:
-    """A short README.md: YAML front matter for the hub, then base, adapter, data, `body`."""
+    """A short README.md: YAML front matter for the hub, then base, adapter, data, `body`.
+    It is published: the base and the adapter appear by name, not by local path."""
+    base = public_name(base) or "unknown"
     front = ["---", f"library_name: {library}", "pipeline_tag: text-generation",
              "tags: [mlxsft, lora, sft]"]
     if (hub := hub_id(base)):
@@ -38,7 +42,7 @@ def model_card(title: str, base: str, adapter_dir: Path, adapter_config: dict, w
     lines = front + [
         f"# {title}", "",
         f"{what} `{base}` with mlxsft: {describe_lora(adapter_config)}, trained with the "
-        f"`{adapter_config.get('mask', 'assistant')}` loss mask (adapter: `{adapter_dir}`, "
+        f"`{adapter_config.get('mask', 'assistant')}` loss mask (adapter: `{Path(adapter_dir).name}`, "
         f"step {adapter_config.get('step', '?')}).", "",
         "## Training data", "", *describe_data(adapter_config), "", *body]
     return "\n".join(lines).rstrip() + "\n"

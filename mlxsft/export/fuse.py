@@ -103,12 +103,15 @@ def fuse_lora_layers(model, dtype: str) -> int:
     return len(fused)
 
 
-def _same_base(adapter_config: dict, model: str) -> bool:
-    recorded = [adapter_config.get("base_model"), adapter_config.get("base_model_path")]
-    if model in recorded or not any(recorded):
-        return True
-    return any(r and Path(r).exists() and Path(r).resolve() == Path(model).resolve()
-               for r in recorded)
+def _same_base(adapter_dir: Path, adapter_config: dict, model: str) -> bool:
+    from mlxsft.provenance import local_base, public_name
+
+    name, here = adapter_config.get("base_model"), local_base(adapter_dir, adapter_config)
+    if not name and not here:
+        return True  # nothing recorded to compare with
+    if here and Path(model).exists():
+        return Path(model).resolve() == Path(here).resolve()
+    return model in (name, here) or public_name(model) == name
 
 
 # -- the command --------------------------------------------------------------------------
@@ -129,7 +132,7 @@ def fuse(adapter: str | Path, out: str | Path, model: str | None = None, fmt: st
     # masking renders with it, and every output format carries it.
     use_adapter_template(loaded.tokenizer, adapter_config)
     out_dtype = dtype or stored_float_dtype(loaded)
-    held_out = HeldOut.of(adapter_config, loaded.tokenizer)
+    held_out = HeldOut.of(adapter_dir, adapter_config, loaded.tokenizer)
     notes += held_out.notes
     tokenizer_md = None
     if fmt == "gguf":  # refused here (architecture, tokenizer) rather than after the work
@@ -155,6 +158,7 @@ def fuse(adapter: str | Path, out: str | Path, model: str | None = None, fmt: st
         release_model(loaded)  # the written files are what gets verified
         result = FuseResult(adapter_dir, loaded.source, out, fmt, out_dtype, quantization,
                             quantize, verify_written(target, held_out, *reference), notes)
+        _check_finite(result)  # a NaN model is never published: nothing appears at OUT
         result.warnings = _warnings(result)
         if fmt != "gguf":
             (target / "README.md").write_text(_card(result, adapter_config))
@@ -194,7 +198,7 @@ def _load_base(adapter_dir: Path, adapter_config: dict, model: str | None):
     loaded = load_model(spec)
     if name:
         loaded.source = name
-    elif not _same_base(adapter_config, model):
+    elif not _same_base(adapter_dir, adapter_config, model):
         notes.append(f"the adapter was trained on {adapter_config.get('base_model')}; fusing "
                      f"it into {model}")
     if adapter_config.get("base_quantization") and not loaded.quantization:
@@ -249,6 +253,19 @@ def _check_names(loaded, fmt: str, quantize: int | None) -> list[str]:
                         f"base checkpoint, so transformers would not load it; use --format mlx")
     return [f"weight names differ from the base checkpoint's (e.g. {missing[0]}); mlx-lm "
             "loads this directory, transformers may not"] if missing else []
+
+
+def _check_finite(result: FuseResult) -> None:
+    import math
+
+    v = result.verification
+    figures = {"base loss": v.loss_base, "base + adapter loss": v.loss_tuned,
+               "fused loss": v.loss_fused, "max |logit diff|": v.max_logit_diff}
+    bad = [f"{name} {value}" for name, value in figures.items() if not math.isfinite(value)]
+    if bad:
+        raise UserError(f"--out {result.out}: verification on {v.source} gave non-finite "
+                        f"numbers ({', '.join(bad)}); nothing was written (check the base "
+                        "model's weights and --dtype; float16 may overflow)")
 
 
 def _warnings(result: FuseResult) -> list[str]:

@@ -63,9 +63,35 @@ def write_model_dir(directory: Path, model, tokenizer, config: dict, base_path: 
     save_model(directory, model)
     save_config(dict(config), directory / "config.json")
     tokenizer.save_pretrained(str(directory))
+    make_tokenizer_portable(directory)
     generation_config = Path(base_path) / "generation_config.json"
     if generation_config.is_file():
         shutil.copy(generation_config, directory)
+
+
+# transformers 5 saves fast tokenizers as `TokenizersBackend`, a class 4.x does not have
+# ("Tokenizer class TokenizersBackend does not exist"). Both load tokenizer.json through
+# `PreTrainedTokenizerFast` (in 5.x an alias of the same backend), so that is what we name.
+PORTABLE_TOKENIZER_CLASS = "PreTrainedTokenizerFast"
+VERSION_5_ONLY_CLASSES = ("TokenizersBackend",)
+
+
+def make_tokenizer_portable(directory: Path) -> None:
+    """Rewrite a saved tokenizer_config.json so transformers 4.x and 5.x both load it:
+    a class both have, and the chat template inline too (4.x before 4.47 reads only that;
+    later versions prefer chat_template.jinja, which holds the same text)."""
+    config_path = Path(directory) / "tokenizer_config.json"
+    if not (Path(directory) / "tokenizer.json").is_file() or not config_path.is_file():
+        return  # a slow (sentencepiece-only) tokenizer: its own class is portable
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    if config.get("tokenizer_class") in VERSION_5_ONLY_CLASSES:
+        config["tokenizer_class"] = PORTABLE_TOKENIZER_CLASS
+    template_path = Path(directory) / "chat_template.jinja"
+    if "chat_template" not in config and template_path.is_file():
+        config["chat_template"] = template_path.read_text(encoding="utf-8")
+    tmp = config_path.with_name(config_path.name + ".tmp")
+    tmp.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(config_path)
 
 
 def hub_id(base: str | None) -> str | None:

@@ -13,6 +13,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mlxsft.adapters import check_finite
+from mlxsft.provenance import local_base as local_base_of
+from mlxsft.provenance import public_name
 from mlxsft.checkpoints import ADAPTER_WEIGHTS, load_safetensors, read_adapter_config
 from mlxsft.errors import UserError
 from mlxsft.export.card import model_card
@@ -27,18 +30,22 @@ _IN_LAYER = re.compile(r"(?:.+\.)?layers\.(\d+)\.(.+)")
 
 
 def peft_tensors(adapter_weights: dict) -> dict:
-    """mlx-lm adapter tensors -> PEFT's names and [r, in] / [out, r] layout (transposed)."""
+    """mlx-lm adapter tensors -> PEFT's names and [r, in] / [out, r] layout (transposed).
+    A DoRA magnitude `m` [out] is PEFT's `lora_magnitude_vector` (the same row norms)."""
     out, modules = {}, {}
     for name, value in adapter_weights.items():
         module, _, leaf = name.rpartition(".")
-        if leaf not in ("lora_a", "lora_b"):
-            raise UserError(f"adapter tensor {name}: not a LoRA lora_a/lora_b weight; only "
-                            "LoRA adapters export to PEFT")
+        if leaf not in ("lora_a", "lora_b", "m"):
+            raise UserError(f"adapter tensor {name}: not a LoRA lora_a/lora_b or DoRA m weight; "
+                            "only LoRA and DoRA adapters export to PEFT")
         modules.setdefault(module, set()).add(leaf)
+        if leaf == "m":
+            out[f"base_model.model.{module}.lora_magnitude_vector"] = value
+            continue
         peft_leaf = "lora_A" if leaf == "lora_a" else "lora_B"
         out[f"base_model.model.{module}.{peft_leaf}.weight"] = value.T
     for module, leaves in modules.items():
-        if leaves != {"lora_a", "lora_b"}:
+        if not {"lora_a", "lora_b"} <= leaves:
             raise UserError(f"adapter module {module}: has {', '.join(sorted(leaves))} but "
                             "needs both lora_a and lora_b")
     return out
@@ -74,7 +81,7 @@ def peft_config(adapter_config: dict, modules: list[str], base_name: str | None)
         "bias": "none",
         "fan_in_fan_out": False,
         "use_rslora": False,
-        "use_dora": False,
+        "use_dora": adapter_config.get("fine_tune_type") == "dora",
         "modules_to_save": None,
         "init_lora_weights": True,
         "inference_mode": True,
@@ -112,8 +119,12 @@ def _check_base_fits(adapter_dir: Path, config: dict, base: Path, base_config: d
         shape = shapes.get(f"{module}.weight")
         if shape is None or len(shape) != 2:
             continue  # a missing name is reported by the names check
-        fits = (shape[0] == value.shape[1]) if leaf == "lora_b" else \
-            (quantized or shape[1] == value.shape[0])
+        if leaf == "m":  # DoRA magnitude: one per output row
+            fits = shape[0] == value.shape[0]
+        elif leaf == "lora_b":
+            fits = shape[0] == value.shape[1]
+        else:
+            fits = quantized or shape[1] == value.shape[0]
         if not fits:
             raise UserError(f"--adapter {adapter_dir}: {name} {tuple(value.shape)} does not fit "
                             f"{module}.weight {tuple(shape)} of the base {base} ({trained_on}); "
@@ -137,23 +148,27 @@ def export_peft(adapter: str | Path, out: str | Path, base: str | None = None) -
     adapter_dir = Path(adapter)
     config = read_adapter_config(adapter_dir)
     kind = config.get("fine_tune_type", "lora")
-    if kind != "lora" or "lora_parameters" not in config:
+    if kind not in ("lora", "dora") or "lora_parameters" not in config:
         raise UserError(f"--adapter {adapter_dir}: a {kind} fine-tune, not LoRA; PEFT export "
-                        "needs a LoRA adapter (use `mlxsft fuse` for full fine-tunes)")
+                        "needs a LoRA or DoRA adapter (use `mlxsft fuse` for full fine-tunes)")
     check_out_free(Path(out))
     check_out_writable(Path(out))
     weights = load_safetensors(adapter_dir / ADAPTER_WEIGHTS, f"--adapter {adapter_dir}")
+    check_finite(weights, adapter_dir / ADAPTER_WEIGHTS)
     tensors = peft_tensors(weights)
     modules = sorted({n.rsplit(".", 1)[0] for n in weights})
     rank = config["lora_parameters"]["rank"]
     for name, value in weights.items():
+        if name.endswith(".m"):
+            continue  # DoRA's magnitude: one value per output row, not rank-shaped
         if value.shape[1 if name.endswith("lora_a") else 0] != rank:
             raise UserError(f"--adapter {adapter_dir}: {name} has shape {tuple(value.shape)}, "
                             f"not rank {rank} as adapter_config.json says")
     notes = []
     recorded = config.get("base_model")
-    base_name = base or hub_id(recorded) or config.get("base_model_path") or recorded
-    local_base = base or config.get("base_model_path")
+    # Published: a hub id or the base's name, never where it sits on this machine.
+    base_name = public_name(base) if base else (hub_id(recorded) or recorded)
+    local_base = base or local_base_of(adapter_dir, config)
     base_config = _local_config(local_base)
     if local_base and base_config is not None:
         _check_base_fits(adapter_dir, config, Path(local_base), base_config, weights)
@@ -175,12 +190,13 @@ def export_peft(adapter: str | Path, out: str | Path, base: str | None = None) -
                         f"weight {missing[0]}; mlx-lm names this module differently from "
                         "Hugging Face, so PEFT could not place the adapter")
     peft = peft_config(config, modules, base_name)
-    card = model_card(f"PEFT LoRA adapter for {base_name}", base_name, adapter_dir, config,
-                      "A LoRA adapter for", [
+    method = "DoRA" if peft["use_dora"] else "LoRA"
+    card = model_card(f"PEFT {method} adapter for {base_name}", base_name, adapter_dir, config,
+                      f"A {method} adapter for", [
                           "## Use", "", "```python", "from peft import PeftModel",
                           "from transformers import AutoModelForCausalLM", "",
                           f"base = AutoModelForCausalLM.from_pretrained({base_name!r})",
-                          f"model = PeftModel.from_pretrained(base, {str(Path(out))!r})",
+                          f"model = PeftModel.from_pretrained(base, {Path(out).name!r})",
                           "```"], "peft")
     with staged(out) as tmp:
         mx.save_safetensors(str(tmp / PEFT_WEIGHTS), tensors, metadata={"format": "pt"})

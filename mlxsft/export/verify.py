@@ -78,11 +78,12 @@ class HeldOut:
     notes: list[str]
 
     @classmethod
-    def of(cls, adapter_config: dict, tokenizer, limit: int = MAX_RECORDS) -> HeldOut:
+    def of(cls, adapter_dir: Path, adapter_config: dict, tokenizer,
+           limit: int = MAX_RECORDS) -> HeldOut:
         """The run's validation split if it is still on disk, else built-in conversations."""
         from mlxsft.masking import Masker, encode_records
 
-        records, source, notes = _held_out_records(adapter_config, limit)
+        records, source, notes = _held_out_records(adapter_dir, adapter_config, limit)
         masker = Masker(tokenizer, adapter_config.get("mask", "assistant"), MAX_TOKENS)
         items = encode_records(masker, records, skip_invalid=True).items
         if not items:
@@ -94,23 +95,24 @@ class HeldOut:
         return [self.masker.render(r.messages) for r in self.records if r.messages]
 
 
-def _held_out_records(adapter_config: dict, limit: int):
-    """(records, where they came from, notes)."""
+def _held_out_records(adapter_dir: Path, adapter_config: dict, limit: int):
+    """(records, the file's name (it goes into the published card), notes)."""
     from mlxsft.checkpoints import file_sha256
     from mlxsft.data import parse_record, read_jsonl
+    from mlxsft.provenance import local_data_file
 
     notes = []
     for entry in adapter_config.get("data") or []:
-        path = Path(entry.get("path", ""))
         if entry.get("split") != "valid":
             continue
-        if not path.is_file():
-            notes.append(f"the run's validation data {path} is gone; verifying on built-in "
-                         "prompts instead")
+        path = local_data_file(adapter_dir, entry)
+        if path is None or not path.is_file():
+            notes.append(f"the run's validation data {path or entry.get('name')} is gone; "
+                         "verifying on built-in prompts instead")
             break
         if entry.get("sha256") and file_sha256(path) != entry["sha256"]:
             notes.append(f"{path} has changed since training; verifying on it anyway")
-        return read_jsonl(path, skip_invalid=True).records[:limit], str(path), notes
+        return read_jsonl(path, skip_invalid=True).records[:limit], path.name, notes
     records = [parse_record({"messages": [{"role": "user", "content": q},
                                           {"role": "assistant", "content": a}]},
                             "built-in", i + 1)
@@ -151,6 +153,13 @@ def release_model(loaded) -> None:
     mx.clear_cache()
 
 
+def _max_abs_diff(tuned_logits: list, fused_logits: list) -> float:
+    import numpy as np
+
+    # np.max, not max(): Python's max() can pass over a NaN, and a NaN must show.
+    return float(np.max([np.abs(a - b).max() for a, b in zip(tuned_logits, fused_logits)]))
+
+
 def verify_written(target: Path, held_out: HeldOut, loss_base: float, loss_tuned: float,
                    tuned_logits: list) -> Verification:
     """Load what was written, as a user would, and compare it with base + adapter."""
@@ -167,7 +176,7 @@ def verify_written(target: Path, held_out: HeldOut, loss_base: float, loss_tuned
     verification = Verification(
         held_out.source, len(items), sum(i.supervised_tokens for i in items),
         sum(len(x) for x in fused_logits),
-        max(float(abs(a - b).max()) for a, b in zip(tuned_logits, fused_logits)),
+        _max_abs_diff(tuned_logits, fused_logits),
         loss_base, loss_tuned, response_loss(written.model, items, written.tokenizer),
         [i.tokens for i in again] == [i.tokens for i in items])
     release_model(written)

@@ -91,7 +91,7 @@ class TrainingView(Vertical):
         if total:
             bar.update(total=total, progress=step)
         self.query_one("#eta", Label).update(self._eta(last, total))
-        self.query_one("#stats", Static).update(self._stats(last, total))
+        self.query_one("#stats", Static).update(self._stats(last, total, step))
 
     def _eta(self, last: ev.StepReport | None, total: int | None) -> str:
         if isinstance(self.finished, ev.Finished):
@@ -103,12 +103,14 @@ class TrainingView(Vertical):
         per_step = last.seconds / max(last.step, 1)
         return f"ETA {_clock(per_step * (total - last.step))}"
 
-    def _stats(self, last: ev.StepReport | None, total: int | None) -> Text:
+    def _stats(self, last: ev.StepReport | None, total: int | None, step: int) -> Text:
+        """The run's figures; `step` is the bar's (a stopped run ends after its last
+        report, and the two must not disagree), the rates are the last report's."""
         if last is None:
             return Text("waiting for the first step report..." if total else "no run yet",
                         style="dim")
         val = self.val_points[-1][1] if self.val_points else None
-        parts = [("step ", f"{last.step}/{total or last.total_steps}"),
+        parts = [("step ", f"{max(step, last.step)}/{total or last.total_steps}"),
                  ("epoch ", f"{last.epoch:.2f}"),
                  ("loss ", f"{last.train_loss:.4f}"),
                  ("val ", f"{val:.4f}" if val is not None else "-"),
