@@ -1,9 +1,15 @@
-"""Batches of similar-length records, padded to a few bucket sizes.
+"""Batches of similar-length records, padded to a few bucket sizes, or packed rows.
 
 Records are sorted by true token length and cut into batches, so a batch pads little;
 each batch is padded to the next bucket size (32, 48, 64, 96, 128, ... up to the
 longest record), so the compiled step sees a handful of shapes instead of a new one
 every step. Batch order is shuffled each epoch; membership stays length-sorted.
+
+With packing (--pack) several records share one max-seq-len row (first-fit, longest
+first) and each position carries its record's id, from which the loss builds a
+block-diagonal causal attention mask: one shape, almost no padding, no record seeing
+another. A record's first token is never a target in its row (it would be predicted
+from the previous record), exactly as it is not when the record has a row of its own.
 """
 
 from __future__ import annotations
@@ -35,6 +41,16 @@ def bucket_for(length: int, sizes: Sequence[int]) -> int:
     return sizes[-1]
 
 
+def position_bucket(count: int, limit: int) -> int:
+    """The number of supervised positions a batch is padded to: 32, then steps of a
+    quarter octave (at most 19% dummies, one compiled shape per step of the ladder)."""
+    size, k = 32, 0
+    while size < count:
+        k += 1
+        size = -(-int(32 * 2 ** (k / 4)) // 16) * 16
+    return min(size, limit)
+
+
 @dataclass
 class Batch:
     """Padded arrays (numpy) for one micro-batch."""
@@ -42,6 +58,9 @@ class Batch:
     tokens: np.ndarray  # (B, L) int32
     loss_mask: np.ndarray  # (B, L) float32; 1 where the token is a supervised target
     lengths: np.ndarray  # (B,) true lengths
+    # (B, L) int32 record id per position in a packed row (attention stays inside a
+    # record); None for one record per row.
+    segments: np.ndarray | None = None
 
     @property
     def tokens_count(self) -> int:
@@ -55,6 +74,23 @@ def pad_id(tokenizer) -> int:
     causal attention never lets a real token see them); this keeps batches readable."""
     pad = getattr(tokenizer, "pad_token_id", None)
     return pad if pad is not None else 0
+
+    def supervised_positions(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(positions, targets, weights) of the supervised targets, for the gathered loss.
+
+        positions index the flattened (B, L-1) inputs: the hidden state at input
+        position p predicts target tokens[:, 1:].flat[p]. Their number is padded to a
+        bucket size with weight-0 dummies, so the compiled step sees a few shapes only.
+        """
+        mask = self.loss_mask[:, 1:].reshape(-1)
+        real = np.flatnonzero(mask)
+        size = position_bucket(len(real), mask.size)
+        positions = np.zeros(size, np.int32)
+        positions[:len(real)] = real
+        weights = np.zeros(size, np.float32)
+        weights[:len(real)] = mask[real]
+        targets = self.tokens[:, 1:].reshape(-1)[positions].astype(np.int32)
+        return positions, targets, weights
 
 
 def make_batch(items: Sequence[Tokenized], width: int, pad_id: int = 0) -> Batch:
@@ -101,6 +137,85 @@ def iterate_batches(items: Sequence[Tokenized], batch_size: int, max_seq_len: in
                               np.concatenate([batch.loss_mask, fill.loss_mask]),
                               np.concatenate([batch.lengths, fill.lengths]))
             yield batch
+        if not loop:
+            return
+
+
+def pack_rows(items: Sequence[Tokenized], width: int) -> list[list[int]]:
+    """Index lists of records that fill rows of `width` tokens (first-fit decreasing)."""
+    return first_fit([len(i.tokens) for i in items], width)
+
+
+def first_fit(lengths: Sequence[int], width: int) -> list[list[int]]:
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for i in order:
+        n = min(lengths[i], width)
+        for r, room in enumerate(free):
+            if room >= n:
+                rows[r].append(i)
+                free[r] -= n
+                break
+        else:
+            rows.append([i])
+            free.append(width - n)
+    return rows
+
+
+def padding_waste(lengths: Sequence[int], batch_size: int, max_seq_len: int) -> dict:
+    """Token slots the step computes for one epoch of these record lengths, bucketed
+    (length-sorted batches padded to a bucket, the tail batch filled) and packed
+    (--pack: rows of max_seq_len, the tail filled with empty rows), and the share of
+    each that is padding."""
+    lengths = [min(n, max_seq_len) for n in lengths]
+    real = sum(lengths)
+    sizes = bucket_sizes(max(max_seq_len, 2))
+    ordered = sorted(lengths)
+    bucketed = sum(batch_size * bucket_for(max(ordered[i:i + batch_size]), sizes)
+                   for i in range(0, len(ordered), batch_size))
+    rows = len(first_fit(lengths, max_seq_len))
+    packed = -(-rows // batch_size) * batch_size * max_seq_len
+    return {"tokens": real, "bucketed_slots": bucketed, "packed_slots": packed,
+            "bucketed_padding": 1 - real / bucketed if bucketed else 0.0,
+            "packed_padding": 1 - real / packed if packed else 0.0}
+
+
+def make_packed_batch(rows: Sequence[Sequence[Tokenized]], width: int, pad_id: int = 0) -> Batch:
+    """Rows of concatenated records; segment ids 1, 2, ... per record, 0 for padding."""
+    tokens = np.full((len(rows), width), pad_id, dtype=np.int32)
+    mask = np.zeros((len(rows), width), dtype=np.float32)
+    segments = np.zeros((len(rows), width), dtype=np.int32)
+    lengths = np.zeros(len(rows), dtype=np.int64)
+    for r, row in enumerate(rows):
+        at = 0
+        for k, item in enumerate(row, start=1):
+            n = min(len(item.tokens), width - at)
+            tokens[r, at:at + n] = item.tokens[:n]
+            mask[r, at:at + n] = item.loss_mask[:n]
+            mask[r, at] = 0  # predicted from the previous record: never a target
+            segments[r, at:at + n] = k
+            at += n
+        lengths[r] = at
+    return Batch(tokens, mask, lengths, segments)
+
+
+def iterate_packed_batches(items: Sequence[Tokenized], batch_size: int, max_seq_len: int,
+                           seed: int = 0, shuffle: bool = True, pad_id: int = 0,
+                           loop: bool = True) -> Iterator[Batch]:
+    """Batches of `batch_size` packed rows of max_seq_len tokens; row order reshuffled
+    every epoch, a short tail filled with empty (all-padding, unsupervised) rows."""
+    if not items:
+        return
+    rows = pack_rows(items, max_seq_len)
+    groups = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
+    rng = np.random.default_rng(seed)
+    while True:
+        order = rng.permutation(len(groups)) if shuffle else range(len(groups))
+        for g in order:
+            group = [[items[i] for i in row] for row in groups[g]]
+            yield make_packed_batch(group + [[]] * (batch_size - len(group)), max_seq_len,
+                                    pad_id)
         if not loop:
             return
 

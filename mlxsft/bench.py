@@ -121,16 +121,16 @@ def run_bench(bench: BenchConfig | None = None) -> BenchResult:
     else:
         vocab = trainer.loaded.config.get("vocab_size") or 32000
         batches = synthetic_batches(batch_size, seq_len, vocab)
-    trainer._build_step(warmup + steps)
+    step = trainer.build_step(warmup + steps)
     for _ in range(warmup):
-        trainer.train_step(batches)
+        step(batches)
     mx.reset_peak_memory()
     tokens = supervised = 0
     start = time.perf_counter()
     for _ in range(steps):
-        _, n_sup, n_tok = trainer.train_step(batches)
-        tokens += n_tok
-        supervised += n_sup
+        result = step(batches)
+        tokens += result.tokens
+        supervised += result.supervised
     seconds = time.perf_counter() - start
     fpt = flops_per_token(trainer.loaded.model, seq_len, fine_tune)
     status = blas.status() if hasattr(blas, "status") else "unknown"

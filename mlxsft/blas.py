@@ -262,7 +262,9 @@ def matmul_gflops(n: int = 512, repeats: int = 5) -> float:
     took effect (`mlxsft env`) and the peak `mlxsft bench` puts the step against."""
     import mlx.core as mx  # order: only after preload() has put OpenBLAS in place
 
-    a, b = mx.random.normal((n, n)), mx.random.normal((n, n))
+    # Own keys: measuring must not move the global RNG a training run draws from.
+    a = mx.random.normal((n, n), key=mx.random.key(0))
+    b = mx.random.normal((n, n), key=mx.random.key(1))
     mx.eval(a, b, a @ b)
     best = float("inf")
     for _ in range(repeats):

@@ -86,6 +86,16 @@ def _train_would_fail(reports, skip_invalid: bool) -> int:
     return 0
 
 
+# -- plan ------------------------------------------------------------------------------
+def cmd_plan(args) -> int:
+    from mlxsft.config import build_config
+    from mlxsft.plan import plan_run
+
+    plan = plan_run(build_config(args, args.config))
+    print(json.dumps(plan.to_json()) if args.json else plan.render())
+    return 0
+
+
 # -- train -----------------------------------------------------------------------------
 def cmd_train(args) -> int:
     from mlxsft.train import train
@@ -331,6 +341,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "differs)")
     add_arguments(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("plan", help="predict a run's peak memory and step time, and what fits",
+                       description="Load the model and data as `mlxsft train` would (same "
+                       "flags) and predict the step's peak memory and time, against Metal's "
+                       "recommended working set (macOS) or available RAM (Linux); when it "
+                       "will not fit, name a change that does.")
+    p.add_argument("--config", help="YAML file of options (flags given here override it)")
+    p.add_argument("--json", action="store_true", help="the plan as one JSON object")
+    add_arguments(p)
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("data", help="inspect and curate training data")
     data_sub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)

@@ -245,6 +245,8 @@ class _TrainOptions:
     quantize: int | None = quantize_option()
     keep_quantized: bool = keep_quantized_option()
     grad_checkpoint: bool = grad_checkpoint_option()
+    pack: bool = option(False, "pack several records into each max-seq-len row, each attending "
+                        "only to itself (no padding; RoPE attention models)", "optimizer")
     seed: int = option(0, "random seed (data order, LoRA init, dropout)", "optimizer")
     steps_per_report: int = option(10, "report training loss every N steps",
                                    "evaluation and saving", check=_at_least(1))

@@ -22,10 +22,15 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from mlxsft import lints
+from mlxsft.batching import padding_waste
 from mlxsft.data import DataFile, Record
 from mlxsft.masking import Masker, MaskingError, Tokenized, encode_records, hf_tokenizer
 from mlxsft.records import escape_controls
 from mlxsft.templates import reasoning_of
+
+
+# The batch size the padding estimate assumes (train's default --batch-size).
+PADDING_BATCH = 4
 
 
 @dataclass
@@ -58,6 +63,7 @@ class SplitReport:
     encoding: list[str] = field(default_factory=list)
     other_script: list[str] = field(default_factory=list)
     leaked: list[str] | None = None  # "line~held-out line"; None when not checked
+    padding: dict = field(default_factory=dict)  # batching.padding_waste at batch 4
 
     def summary(self) -> dict[str, Any]:
         lengths = sorted(self.lengths)
@@ -83,6 +89,7 @@ class SplitReport:
             "encoding_oddities": len(self.encoding), "other_script": len(self.other_script),
             "leaked": None if self.leaked is None else len(self.leaked),
             "mask_methods": self.methods,
+            "padding": self.padding,
         }
 
 
@@ -214,7 +221,9 @@ def check_split(split: str, data: DataFile, masker: Masker,
         encoding=lints.encoding_oddities(data.records),
         other_script=lints.other_script(data.records),
         leaked=(lints.leakage(data.records, held_out.records) if held_out is not None
-                else None))
+                else None),
+        padding=padding_waste([len(t.tokens) for t in items], PADDING_BATCH,
+                              masker.max_seq_len or max([len(t.tokens) for t in items] or [2])))
 
 
 def histogram(values: Iterable[int], bins: int = 10, width: int = 40) -> list[str]:
@@ -245,6 +254,14 @@ def render_summary(report: SplitReport) -> str:
            f"  supervised tokens: {report.supervised_tokens} of {report.tokens} "
            f"({100 * s['supervised_share']:.1f}%)"]
     out += histogram(report.lengths)
+    if report.padding:
+        p = report.padding
+        line = (f"  padding at batch {PADDING_BATCH}: {100 * p['bucketed_padding']:.0f}% of the "
+                f"step's tokens with length buckets, {100 * p['packed_padding']:.0f}% with --pack")
+        if p["packed_slots"] < 0.95 * p["bucketed_slots"]:  # worth a flag
+            line += (f"; --pack computes {100 * (1 - p['packed_slots'] / p['bucketed_slots']):.0f}"
+                     "% fewer tokens per epoch")
+        out.append(line)
 
     passed = []  # said too, so a clean file shows what was checked
 

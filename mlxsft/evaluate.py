@@ -26,14 +26,20 @@ if TYPE_CHECKING:
 
 
 def mean_nll(model, items: Sequence[Tokenized], batch_size: int, max_seq_len: int,
-             pad_id: int = 0, max_batches: int = -1) -> tuple[float, int]:
-    """(mean NLL over all supervised tokens, their count), batches in length order."""
+             pad_id: int = 0, max_batches: int = -1, loss=None) -> tuple[float, int]:
+    """(mean NLL over all supervised tokens, their count), batches in length order.
+
+    `loss` is the training step's `mlxsft.loss.SupervisedLoss` when there is one (the
+    same numbers, without logits at every position); otherwise full logits."""
     total, count = 0.0, 0
     for i, batch in enumerate(iterate_batches(items, batch_size, max_seq_len, shuffle=False,
                                               pad_id=pad_id, loop=False)):
         if 0 <= max_batches <= i:
             break
-        s, n = masked_nll_sum(model, mx.array(batch.tokens), mx.array(batch.loss_mask))
+        if loss is not None:
+            s, n = loss(model, *loss.arrays(batch))
+        else:
+            s, n = masked_nll_sum(model, mx.array(batch.tokens), mx.array(batch.loss_mask))
         mx.eval(s, n)
         total += s.item()
         count += int(n.item())

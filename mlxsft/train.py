@@ -4,17 +4,14 @@
 no UI. It also appends every event to RUN/metrics.jsonl, the stream the TUI and scripts
 read. Everything MLX happens on the calling thread (MLX streams are thread-local).
 
-The step is compiled once per bucket shape with explicit state (model, optimizer, RNG).
-The loss is the NLL summed over supervised tokens; gradients are divided by the number
-of supervised tokens in the whole accumulated batch, so accumulation over micro-batches
-equals one big batch.
+Model preparation and the compiled step (with its token-weighted gradient accumulation)
+live in `mlxsft.step`; this module is the loop around them and the run's files.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -25,65 +22,13 @@ from mlxsft.batching import pad_id
 from mlxsft.checkpoints import file_sha256, read_adapter_config
 from mlxsft.config import TrainConfig
 from mlxsft.errors import UserError
+from mlxsft.optimizers import optimizer_record
 from mlxsft.prepare import prepare_data, read_data
 from mlxsft.provenance import public_data, public_name, public_template
 from mlxsft.rundir import (RunDir, changed_data, newest, read_checkpoint, resume_point,
                            run_of, save_failure, saved_adapters, unit_bytes)
-from mlxsft.optimizers import build_optimizer, optimizer_record
+from mlxsft.step import TrainStep, prepare_model
 from mlxsft.trackers import check_trackers, open_trackers
-
-
-def warmup_steps(config: TrainConfig, total_steps: int) -> int:
-    """`--warmup` as a number of steps: a fraction (<1) of the run, else a count; always
-    leaves at least one step after it."""
-    warmup = int(config.warmup * total_steps) if config.warmup < 1 else int(config.warmup)
-    return min(warmup, max(total_steps - 1, 0))
-
-
-def learning_rate_schedule(config: TrainConfig, total_steps: int):
-    """The learning rate of optimizer step s (0-based), as an MLX array.
-
-    Warmup: the first W steps ramp linearly up to the peak (step s uses peak * (s+1) / W).
-    Then `constant` stays at the peak, and `linear` / `cosine` decay from the peak at step
-    W to 10% of it at the last step (total_steps - 1).
-    """
-    import mlx.core as mx
-    import mlx.optimizers as optim
-
-    warmup = warmup_steps(config, total_steps)
-    peak = config.learning_rate
-    # Step W is the peak and the last step the end: W .. total-1 spans total-1-W intervals.
-    decay_steps = max(total_steps - 1 - warmup, 1)
-    if config.lr_schedule == "cosine":
-        decay = optim.cosine_decay(peak, decay_steps, end=peak * 0.1)
-    elif config.lr_schedule == "linear":
-        decay = optim.linear_schedule(peak, peak * 0.1, decay_steps)
-    else:
-        def decay(step):
-            # MLX's optimizers call `.astype` on the scheduled value, so a float crashes
-            # there; made here, not captured, because the compiled step traces this call.
-            return mx.array(peak, dtype=mx.float32)
-    if warmup == 0:
-        return decay
-    ramp = optim.linear_schedule(peak / warmup, peak, warmup - 1) if warmup > 1 else decay
-    return optim.join_schedules([ramp, decay], [warmup])
-
-
-def _checkpointed(layer) -> None:
-    """Recompute this layer's activations in the backward pass (this instance only)."""
-    import mlx.core as mx
-
-    cls = type(layer)
-    call = cls.__call__
-
-    def checkpointed_call(self, *args, **kwargs):
-        def inner(params, *args, **kwargs):
-            self.update(params)
-            return call(self, *args, **kwargs)
-
-        return mx.checkpoint(inner)(self.trainable_parameters(), *args, **kwargs)
-
-    layer.__class__ = type(f"Checkpointed{cls.__name__}", (cls,), {"__call__": checkpointed_call})
 
 
 class Trainer:
@@ -173,28 +118,8 @@ class Trainer:
 
     def prepare_model(self) -> None:
         """Compute precision, LoRA (or unfreeze for full), gradient checkpointing."""
-        from mlxsft.lora import apply_lora, apply_neftune, count_parameters, lora_spec
-        from mlxsft.models import to_compute_precision
-
-        config = self.config
-        to_compute_precision(self.loaded, config.keep_quantized)
-        model = self.loaded.model
-        if config.fine_tune == "full":
-            if self.loaded.quantization and not _dequantized(model):
-                raise UserError("--fine-tune full needs a full-precision base; drop --quantize "
-                                "or use --fine-tune lora (QLoRA)")
-            model.unfreeze()
-            self.lora = None
-        else:
-            self.lora = lora_spec(model, config.lora_rank, config.lora_alpha, config.lora_dropout,
-                                  config.lora_layers, config.lora_targets, config.lora_scale,
-                                  dora=config.fine_tune == "dora")
-            apply_lora(model, self.lora)
-        apply_neftune(model, config.neftune_alpha)
-        if config.grad_checkpoint:
-            for layer in model.layers:
-                _checkpointed(layer)
-        self.trainable, self.total = count_parameters(model)
+        prepared = prepare_model(self.loaded, self.config)
+        self.lora, self.trainable, self.total = prepared.lora, prepared.trainable, prepared.total
 
     def adapter_config(self, step: int, val_loss: float | None = None,
                        train_loss: float | None = None) -> dict:
@@ -270,66 +195,42 @@ class Trainer:
         return int(saved.get("step", 0))
 
     # -- the compiled step -----------------------------------------------------------
-    def _build_step(self, total_steps: int):
-        import mlx.core as mx
-        import mlx.nn as nn
-        import mlx.optimizers as optim
-        from mlx.utils import tree_map
+    def build_step(self, total_steps: int) -> TrainStep:
+        """The optimizer and compiled step (see `mlxsft.step`) for a run of total_steps."""
+        self.step = TrainStep(self.loaded.model, self.config, total_steps)
+        self.optimizer, self.schedule = self.step.optimizer, self.step.schedule
+        return self.step
 
-        from mlxsft.loss import masked_nll_sum
+    def make_plan(self):
+        """The memory and step-time prediction for this run (`mlxsft.plan`), kept as
+        `self.plan` for front ends; its summary line is printed before training."""
+        from mlxsft.blas import matmul_gflops
+        from mlxsft.plan import plan_for
 
-        model, config = self.loaded.model, self.config
-        self.schedule = learning_rate_schedule(config, total_steps)
-        self.optimizer = build_optimizer(config, self.schedule)
-        state = [model.state, self.optimizer.state, mx.random.state]
-        loss_and_grad = nn.value_and_grad(model, masked_nll_sum)
-
-        def update(grads, count):
-            grads = tree_map(lambda g: g / mx.maximum(count, 1), grads)
-            if config.grad_clip > 0:
-                grads, _ = optim.clip_grad_norm(grads, config.grad_clip)
-            self.optimizer.update(model, grads)
-
-        @partial(mx.compile, inputs=state, outputs=state)
-        def step(tokens, loss_mask):
-            (total, count), grads = loss_and_grad(model, tokens, loss_mask)
-            update(grads, count)
-            return total, count
-
-        @partial(mx.compile, inputs=state, outputs=state)
-        def micro_step(tokens, loss_mask):
-            (total, count), grads = loss_and_grad(model, tokens, loss_mask)
-            return total, count, grads
-
-        @partial(mx.compile, inputs=state, outputs=state)
-        def apply_update(grads, count):
-            update(grads, count)
-
-        self.state = state
-        self._step, self._micro, self._apply = step, micro_step, apply_update
+        self.plan = plan_for(self.loaded.model, self.config, self.data.train,
+                             self.step.loss.gathered, matmul_gflops(1024))
+        return self.plan
 
     def train_step(self, batches) -> tuple[float, int, int]:
         """One optimizer step over grad_accum micro-batches: (loss, supervised, tokens)."""
-        import mlx.core as mx
-        from mlx.utils import tree_map
+        result = self.step(batches)
+        return result.loss, result.supervised, result.tokens
 
-        if self.config.grad_accum == 1:
-            b = next(batches)
-            total, count = self._step(mx.array(b.tokens), mx.array(b.loss_mask))
-            mx.eval(self.state, total, count)
-            return total.item() / max(count.item(), 1), int(count.item()), b.tokens_count
-        acc_total, acc_count, acc_grads, tokens = 0.0, 0, None, 0
-        for _ in range(self.config.grad_accum):
-            b = next(batches)
-            total, count, grads = self._micro(mx.array(b.tokens), mx.array(b.loss_mask))
-            acc_grads = grads if acc_grads is None else tree_map(mx.add, acc_grads, grads)
-            mx.eval(acc_grads, total, count)
-            acc_total += total.item()
-            acc_count += int(count.item())
-            tokens += b.tokens_count
-        self._apply(acc_grads, mx.array(acc_count, mx.float32))
-        mx.eval(self.state)
-        return acc_total / max(acc_count, 1), acc_count, tokens
+    def batches(self):
+        """Training micro-batches forever: length buckets, or packed rows (--pack)."""
+        from mlxsft.batching import iterate_batches, iterate_packed_batches
+
+        config = self.config
+        iterate = iterate_packed_batches if config.pack else iterate_batches
+        return iterate(self.data.train, config.batch_size, config.max_seq_len,
+                       seed=config.seed, pad_id=pad_id(self.loaded.tokenizer))
+
+    def _rows_per_epoch(self) -> int:
+        from mlxsft.batching import pack_rows
+
+        if self.config.pack:
+            return len(pack_rows(self.data.train, self.config.max_seq_len))
+        return len(self.data.train)
 
     def evaluate(self) -> tuple[float, int]:
         from mlxsft.evaluate import mean_nll
@@ -338,8 +239,8 @@ class Trainer:
         model.eval()
         try:
             return mean_nll(model, self.data.valid, self.config.batch_size,
-                            self.config.max_seq_len, pad_id(self.loaded.tokenizer),
-                            self.config.val_batches)
+                            self.config.max_seq_len, pad_id(self.loaded.tokenizer), self.config.val_batches,
+                            self.step.loss)
         finally:
             model.train()
 
@@ -352,10 +253,11 @@ class Trainer:
         try:
             yield from self._setup()
             messages = self.messages
-            per_epoch = steps_per_epoch(len(self.data.train), config.batch_size,
+            per_epoch = steps_per_epoch(self._rows_per_epoch(), config.batch_size,
                                         config.grad_accum)
             total_steps = config.iters or max(1, math.ceil(config.epochs * per_epoch))
-            self._build_step(total_steps)
+            messages += self.build_step(total_steps).notes
+            messages.append(self.make_plan().summary())
             resumed = self.resume_point.path if self.resume_from else None
             start_step = self.restore(resumed) if resumed else 0
             if resumed and start_step >= total_steps:
@@ -393,8 +295,7 @@ class Trainer:
 
         config, model = self.config, self.loaded.model
         model.train()
-        batches = iterate_batches(self.data.train, config.batch_size, config.max_seq_len,
-                                  seed=config.seed, pad_id=pad_id(self.loaded.tokenizer))
+        batches = self.batches()
         for _ in range(start_step * config.grad_accum):
             next(batches)  # the same data order as an uninterrupted run
         tokens = supervised = 0
@@ -511,13 +412,6 @@ def eval_interval(config: TrainConfig, per_epoch: float) -> int:
     if every >= 1:
         return int(every)
     return max(1, round(every * per_epoch))
-
-
-def _dequantized(model) -> bool:
-    import mlx.nn as nn
-
-    return not any(isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding))
-                   for _, m in model.named_modules())
 
 
 def train(config: TrainConfig, loaded=None, should_stop=None,

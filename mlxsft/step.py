@@ -1,0 +1,195 @@
+"""Model preparation and the one compiled training step (with gradient accumulation).
+
+`prepare_model` turns a loaded model into the thing that trains: compute precision, LoRA
+adapters (or every weight unfrozen for a full fine-tune), gradient checkpointing.
+`TrainStep` owns the optimizer and one `mx.compile`d function
+
+    step(batch, accumulated, do_update) -> (nll_sum, supervised_count, accumulated)
+
+in the shape of mlx-lm's `step(batch, prev_grad, do_update)`: each micro-batch adds its
+gradient of the *summed* NLL and its supervised-token count to the running sums; on the
+last micro-batch of an optimizer step the summed gradient is divided by the summed count
+and applied. So accumulating over micro-batches equals one big batch, token for token.
+Sums and counts stay separate until that division: `all_reduce` (identity here) is the
+one place where a data-parallel run sums them over processes first.
+
+The step knows no run directory, events or UI: `mlxsft.train` runs the loop around it,
+`mlxsft.bench` times it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Callable, Iterator
+
+from mlxsft.config import TrainConfig
+from mlxsft.errors import UserError
+
+
+@dataclass
+class PreparedModel:
+    """What `prepare_model` did: the LoRA layout (None for a full fine-tune) and sizes."""
+
+    lora: Any
+    trainable: int
+    total: int
+
+
+def prepare_model(loaded, config: TrainConfig) -> PreparedModel:
+    """Compute precision, LoRA (or unfreeze for full), gradient checkpointing, in place."""
+    from mlxsft.lora import apply_lora, apply_neftune, count_parameters, lora_spec
+    from mlxsft.models import to_compute_precision
+
+    to_compute_precision(loaded, config.keep_quantized)
+    model = loaded.model
+    if config.fine_tune == "full":
+        if loaded.quantization and not _dequantized(model):
+            raise UserError("--fine-tune full needs a full-precision base; drop --quantize "
+                            "or use --fine-tune lora (QLoRA)")
+        model.unfreeze()
+        lora = None
+    else:
+        lora = lora_spec(model, config.lora_rank, config.lora_alpha, config.lora_dropout,
+                         config.lora_layers, config.lora_targets, config.lora_scale,
+                         dora=config.fine_tune == "dora")
+        apply_lora(model, lora)
+    apply_neftune(model, config.neftune_alpha)
+    if config.grad_checkpoint:
+        for layer in model.layers:
+            _checkpointed(layer)
+    trainable, total = count_parameters(model)
+    return PreparedModel(lora, trainable, total)
+
+
+def _dequantized(model) -> bool:
+    import mlx.nn as nn
+
+    return not any(isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding))
+                   for _, m in model.named_modules())
+
+
+def _checkpointed(layer) -> None:
+    """Recompute this layer's activations in the backward pass (this instance only)."""
+    import mlx.core as mx
+
+    cls = type(layer)
+    call = cls.__call__
+
+    def checkpointed_call(self, *args, **kwargs):
+        def inner(params, *args, **kwargs):
+            self.update(params)
+            return call(self, *args, **kwargs)
+
+        return mx.checkpoint(inner)(self.trainable_parameters(), *args, **kwargs)
+
+    layer.__class__ = type(f"Checkpointed{cls.__name__}", (cls,), {"__call__": checkpointed_call})
+
+
+def warmup_steps(config: TrainConfig, total_steps: int) -> int:
+    """`--warmup` as a number of steps: a fraction (<1) of the run, else a count; always
+    leaves at least one step after it."""
+    warmup = int(config.warmup * total_steps) if config.warmup < 1 else int(config.warmup)
+    return min(warmup, max(total_steps - 1, 0))
+
+
+def learning_rate_schedule(config: TrainConfig, total_steps: int):
+    """The learning rate of optimizer step s (0-based), as an MLX array.
+
+    Warmup: the first W steps ramp linearly up to the peak (step s uses peak * (s+1) / W).
+    Then `constant` stays at the peak, and `linear` / `cosine` decay from the peak at step
+    W to 10% of it at the last step (total_steps - 1).
+    """
+    import mlx.core as mx
+    import mlx.optimizers as optim
+
+    warmup = warmup_steps(config, total_steps)
+    peak = config.learning_rate
+    # Step W is the peak and the last step the end: W .. total-1 spans total-1-W intervals.
+    decay_steps = max(total_steps - 1 - warmup, 1)
+    if config.lr_schedule == "cosine":
+        decay = optim.cosine_decay(peak, decay_steps, end=peak * 0.1)
+    elif config.lr_schedule == "linear":
+        decay = optim.linear_schedule(peak, peak * 0.1, decay_steps)
+    else:
+        def decay(step):
+            # MLX's optimizers call `.astype` on the scheduled value, so a float crashes
+            # there; made here, not captured, because the compiled step traces this call.
+            return mx.array(peak, dtype=mx.float32)
+    if warmup == 0:
+        return decay
+    ramp = optim.linear_schedule(peak / warmup, peak, warmup - 1) if warmup > 1 else decay
+    return optim.join_schedules([ramp, decay], [warmup])
+
+
+@dataclass
+class StepResult:
+    """One optimizer step: mean NLL over its supervised tokens, and what it processed."""
+
+    loss: float
+    supervised: int
+    tokens: int
+
+
+class TrainStep:
+    """The optimizer and the compiled step of one run; call it with a batch iterator."""
+
+    def __init__(self, model, config: TrainConfig, total_steps: int,
+                 all_reduce: Callable | None = None):
+        import mlx.core as mx
+        import mlx.nn as nn
+        import mlx.optimizers as optim
+        from mlx.utils import tree_map
+
+        from mlxsft.loss import SupervisedLoss, packing_problem
+        from mlxsft.optimizers import build_optimizer
+
+        self.model, self.config = model, config
+        if config.pack and (why := packing_problem(model)):
+            model_type = getattr(getattr(model, "args", None), "model_type", type(model).__name__)
+            raise UserError(f"--pack: {model_type} models cannot keep packed records apart "
+                            f"({why}); packing needs rotary-position attention that takes a "
+                            "per-row mask. Drop --pack")
+        self.grad_accum = config.grad_accum
+        self.schedule = learning_rate_schedule(config, total_steps)
+        self.optimizer = build_optimizer(config, self.schedule)
+        self.state = [model.state, self.optimizer.state, mx.random.state]
+        self.loss = SupervisedLoss(model)
+        # Said once, before training: which loss path this model takes.
+        self.notes = [self.loss.note] if self.loss.note else []
+        loss_and_grad = nn.value_and_grad(model, self.loss)
+        # The sums of all processes' gradients and counts (a data-parallel run sets this).
+        reduce = all_reduce or (lambda grads, count: (grads, count))
+        optimizer = self.optimizer
+
+        @partial(mx.compile, inputs=self.state, outputs=self.state)
+        def step(batch, accumulated, do_update):
+            (total, count), grads = loss_and_grad(model, *batch)
+            if accumulated is not None:
+                grads = tree_map(mx.add, grads, accumulated[0])
+                count = count + accumulated[1]
+            if not do_update:
+                return total, count, (grads, count)
+            grads, count = reduce(grads, count)
+            grads = tree_map(lambda g: g / mx.maximum(count, 1), grads)
+            if config.grad_clip > 0:
+                grads, _ = optim.clip_grad_norm(grads, config.grad_clip)
+            optimizer.update(model, grads)
+            return total, count, None
+
+        self._step = step
+
+    def __call__(self, batches: Iterator) -> StepResult:
+        """One optimizer step over grad_accum micro-batches drawn from `batches`."""
+        import mlx.core as mx
+
+        accumulated, nll, tokens = None, 0.0, 0
+        for micro in range(self.grad_accum):
+            b = next(batches)
+            last = micro == self.grad_accum - 1
+            total, count, accumulated = self._step(self.loss.arrays(b), accumulated, last)
+            mx.eval(self.state, total, count, accumulated)
+            nll += total.item()
+            tokens += b.tokens_count
+        supervised = int(count.item())  # already summed over the micro-batches
+        return StepResult(nll / max(supervised, 1), supervised, tokens)
