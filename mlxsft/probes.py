@@ -6,7 +6,7 @@ and `mlxsft compare` answers a probe set with the base, every checkpoint and exp
 
 A probe is the conversation up to its last assistant turn; that turn, when the record has
 one, is the reference answer. Scores per answer:
-- exact: the answer equals the reference (surrounding white space ignored);
+- exact: the answer equals the reference (`mlxsft.answers.judge`: white space runs count as one);
 - ended: generation stopped at the end-of-turn token (not at the length limit);
 - tokens: the answer's length in tokens;
 - parses: for a reference that is JSON (or a tool call), whether the answer parses as JSON.
@@ -20,6 +20,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mlxsft.answers import judge
 from mlxsft.data import Record, decode_json, parse_record, read_jsonl
 from mlxsft.errors import UserError
 
@@ -46,7 +47,9 @@ class Answer:
     def scores(self, reference: str | None) -> dict:
         out = {"tokens": self.tokens, "ended": self.ended}
         if reference is not None:
-            out["exact"] = self.text.strip() == reference.strip()
+            # One meaning of "exact" across mlxsft (eval --answers too): white space runs
+            # count as one space.
+            out["exact"] = judge(self.text, reference, "exact").exact
             if _is_json(reference):
                 out["parses"] = _is_json(self.text)
         return out
