@@ -213,6 +213,43 @@ def suggest(plan: MemoryPlan, model, config: TrainConfig, lengths, supervised,
     return None
 
 
+# What MLX and Metal say when memory runs out or a command buffer is killed by the GPU
+# watchdog (the two ways a too-large step fails on a Mac), and C++'s bad_alloc on Linux.
+_OUT_OF_MEMORY = ("out of memory", "outofmemory", "insufficient memory", "unable to allocate",
+                  "failed to allocate", "bad_alloc", "[malloc]")
+_GPU_TIMEOUT = ("gpu timeout", "errortimeout", "impacting interactivity")
+
+
+def step_failure(e: BaseException) -> str | None:
+    """"out of memory" or "a GPU timeout" when an error of the step is one, else None."""
+    if isinstance(e, MemoryError):
+        return "out of memory"
+    text = str(e).lower().replace(" ", "")
+    if any(sign.replace(" ", "") in text for sign in _OUT_OF_MEMORY):
+        return "out of memory"
+    if any(sign.replace(" ", "") in text for sign in _GPU_TIMEOUT):
+        return "a GPU timeout"
+    return None
+
+
+def memory_advice(config: TrainConfig, num_layers: int | None = None) -> str:
+    """The memory-saving options that would shrink the step, smallest change first."""
+    tries = []
+    if config.batch_size > 1:
+        half = config.batch_size // 2
+        tries.append(f"--batch-size {half} --grad-accum "
+                     f"{config.grad_accum * config.batch_size // half}")
+    if not config.grad_checkpoint:
+        tries.append("--grad-checkpoint")
+    if config.max_seq_len > 256:
+        tries.append(f"--max-seq-len {config.max_seq_len // 2}")
+    if config.fine_tune != "full" and config.lora_layers == -1 and num_layers and num_layers > 2:
+        tries.append(f"--lora-layers {num_layers // 2}")
+    if not config.quantize and config.fine_tune != "full":
+        tries.append("--quantize 4")
+    return "try " + (", or ".join(tries) if tries else "a smaller model")
+
+
 def plan_run(config: TrainConfig, loaded=None) -> MemoryPlan:
     """Load the model and data as `mlxsft train` would, and plan (with a suggestion)."""
     from mlxsft.blas import matmul_gflops

@@ -23,6 +23,7 @@ from mlxsft.checkpoints import file_sha256, read_adapter_config
 from mlxsft.config import TrainConfig
 from mlxsft.errors import UserError
 from mlxsft.optimizers import optimizer_record
+from mlxsft.plan import memory_advice, step_failure
 from mlxsft.prepare import prepare_data, read_data
 from mlxsft.provenance import public_data, public_name, public_template
 from mlxsft.rundir import (RunDir, changed_data, newest, read_checkpoint, resume_point,
@@ -313,7 +314,17 @@ class Trainer:
                 if self.should_stop():
                     stopped, step = True, step - 1
                     break
-                loss, n_sup, n_tok = self.train_step(batches)
+                try:
+                    loss, n_sup, n_tok = self.train_step(batches)
+                except (RuntimeError, MemoryError) as e:
+                    if (what := step_failure(e)) is None:
+                        raise
+                    last_good = self._last_checkpoint()
+                    yield emit(ev.Failed(step, f"{what} at step {step} ({_first_line(e)}); "
+                                         f"{memory_advice(config, len(model.layers))}. The last "
+                                         f"good adapter is {last_good or 'not saved (none yet)'}",
+                                         last_good))
+                    return
                 if not math.isfinite(loss):
                     last_good = self._last_checkpoint()
                     yield emit(ev.Failed(step, f"the training loss became {loss} at step {step}; "
@@ -401,6 +412,11 @@ class Trainer:
         """The newest complete checkpoint a run can be resumed from."""
         found = newest([a for a in saved_adapters(self.run_dir) if a.resumable])
         return str(found.path) if found else None
+
+
+def _first_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text[:160] or type(e).__name__
 
 
 def eval_interval(config: TrainConfig, per_epoch: float) -> int:

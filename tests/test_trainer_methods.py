@@ -231,3 +231,45 @@ def test_training_keeps_a_mac_awake_and_does_nothing_elsewhere(monkeypatch):
     assert cli.keep_awake() == "proc"
     # -i: no idle sleep; -w PID: caffeinate exits with the training process.
     assert started == [["/usr/bin/caffeinate", "-i", "-w", str(os.getpid())]]
+
+
+@pytest.mark.parametrize("error,what", [
+    (RuntimeError("[metal::malloc] Unable to allocate 8589934592 bytes"), "out of memory"),
+    (RuntimeError("[METAL] Command buffer execution failed: Insufficient Memory "
+                  "(00000008:kIOGPUCommandBufferCallbackErrorOutOfMemory)"), "out of memory"),
+    (RuntimeError("[METAL] Command buffer execution failed: Caused GPU Timeout Error "
+                  "(00000002:kIOGPUCommandBufferCallbackErrorTimeout)"), "a GPU timeout"),
+])
+def test_out_of_memory_is_one_failure_with_the_last_good_adapter_and_what_fits(
+        error, what, tiny_llama, tiny_data, tmp_path, monkeypatch):
+    from mlxsft.train import Trainer
+
+    real, calls = Trainer.train_step, {"n": 0}
+
+    def step(self, batches):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise error
+        return real(self, batches)
+
+    monkeypatch.setattr(Trainer, "train_step", step)
+    events = run(tiny_llama, tiny_data, tmp_path / "r", iters=6, steps_per_save=2,
+                 max_seq_len=512)
+    failed = events[-1]
+    assert isinstance(failed, ev.Failed) and failed.step == 3
+    assert failed.message.startswith(f"{what} at step 3 (")
+    assert ("try --batch-size 2 --grad-accum 2, or --grad-checkpoint, or --max-seq-len 256, or "
+            "--quantize 4.") in failed.message
+    assert failed.last_good_checkpoint.endswith("step-000002")
+    assert failed.message.endswith(f"The last good adapter is {failed.last_good_checkpoint}")
+
+
+def test_other_step_errors_are_not_taken_for_memory(tiny_llama, tiny_data, tmp_path, monkeypatch):
+    from mlxsft.train import Trainer
+
+    def step(self, batches):
+        raise RuntimeError("[matmul] Last dimension of first input with shape (1,2) must match")
+
+    monkeypatch.setattr(Trainer, "train_step", step)
+    with pytest.raises(RuntimeError, match="matmul"):
+        run(tiny_llama, tiny_data, tmp_path / "r", iters=2)
