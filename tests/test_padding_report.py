@@ -18,8 +18,8 @@ def test_data_check_reports_padding_and_suggests_packing(tiny_llama, tmp_path, c
     import json
     import random
 
-    from conftest import write_jsonl
-    from tiny import WORDS
+    from helpers.data import write_jsonl
+    from helpers.tiny import WORDS
 
     rng = random.Random(0)
     records = [{"messages": [
