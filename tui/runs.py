@@ -17,11 +17,11 @@ from mlxsft.rundir import (SavedAdapter, check_run_dir, latest_adapter, newest, 
 
 __all__ = ["SavedAdapter", "check_run_dir", "latest_adapter", "newest", "pick_adapter",
            "run_settings", "saved_adapters", "EVENT_TYPES", "END_EVENTS", "event_from_json",
-           "read_events", "describe"]
+           "read_events", "describe", "sample_line"]
 
 EVENT_TYPES: dict[str, type[ev.Event]] = {
     "setup": ev.Setup, "start": ev.RunStarted, "train": ev.StepReport, "eval": ev.EvalReport,
-    "checkpoint": ev.CheckpointSaved, "warning": ev.Warning, "finished": ev.Finished,
+    "samples": ev.SampleAnswers, "checkpoint": ev.CheckpointSaved, "warning": ev.Warning, "finished": ev.Finished,
     "failed": ev.Failed,
 }
 END_EVENTS = (ev.Finished, ev.Failed)
@@ -46,6 +46,23 @@ def read_events(run_dir: str | Path, start: int = 0) -> tuple[list[ev.Event], in
     return events, len(records)
 
 
+SAMPLE_MARKS = {True: ("good", "✓ right"), False: ("warning", "✗ wrong"), None: ("info", "· answer")}
+
+
+def _one_line(text: str, width: int) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def sample_line(step: int, sample: dict) -> tuple[str, str]:
+    """(severity, line) of one held-out answer: right/wrong against its reference
+    (no mark without one), and a note when it ran out of tokens before ending."""
+    severity, mark = SAMPLE_MARKS[sample.get("exact")]
+    cut = "" if sample.get("ended", True) else " (cut at the length limit)"
+    return severity, (f"step {step} {mark}: {_one_line(sample.get('prompt', ''), 40)} -> "
+                      f"{_one_line(sample.get('answer', ''), 60)}{cut}")
+
+
 def describe(event: ev.Event) -> list[tuple[str, str]]:
     """(severity, line) pairs for the event log; step reports are not logged."""
     if isinstance(event, ev.Setup):
@@ -59,6 +76,8 @@ def describe(event: ev.Event) -> list[tuple[str, str]]:
                                  f"trainable parameters ({share:.2f}%) -> {event.run_dir}")]
     if isinstance(event, ev.EvalReport):
         return [("info", f"step {event.step}: validation loss {event.val_loss:.4f}")]
+    if isinstance(event, ev.SampleAnswers):
+        return [sample_line(event.step, sample) for sample in event.samples]
     if isinstance(event, ev.CheckpointSaved):
         label = "best adapter" if event.best else "adapter"
         return [("good", f"step {event.step}: saved {label} to {event.path}")]
