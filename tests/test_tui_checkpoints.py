@@ -65,6 +65,7 @@ def test_samples_from_a_live_run_show_in_the_event_log():
     asyncio.run(scenario())
 
 
+@pytest.mark.slow  # a real 4-step run, then six models answer: ~15 s
 def test_checkpoints_list_a_real_run_compare_fills_scores_and_a_row_sets_the_chat_adapter(
         tiny_run):
     import asyncio
