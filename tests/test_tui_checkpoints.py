@@ -1,5 +1,5 @@
-"""The TUI's behaviour panel: held-out sample answers in the event log (live and replayed
-from metrics.jsonl), and the Checkpoints section — the run's saved adapters, `mlxsft
+"""The TUI's behaviour panel: held-out sample answers in the event log and the Samples log
+(live and replayed from metrics.jsonl), and the Checkpoints section — the run's saved adapters, `mlxsft
 compare`'s scores per adapter, and the row that sets the chat pane's Tuned adapter."""
 
 import re
@@ -60,6 +60,8 @@ def test_samples_from_a_live_run_show_in_the_event_log():
                 ("good", "step 4 ✓ right: add 2 3 -> sum 5"),
                 ("warning", "step 4 ✗ wrong: add 4 4 -> sum 8 sum 8 sum (cut at the length "
                             "limit)")]
+            # The Checkpoints section's Samples log shows the same answers.
+            assert app.checkpoints.samples == lines
 
     import asyncio
     asyncio.run(scenario())
@@ -92,6 +94,7 @@ def test_checkpoints_list_a_real_run_compare_fills_scores_and_a_row_sets_the_cha
             for line, sample in zip(logged, [s for r in samples for s in r["samples"]]):
                 assert line.startswith("step ") and sample["prompt"] in line
                 assert ("✓ right" in line) == (sample["exact"] is True)
+            assert [t for _, t in app.checkpoints.samples] == logged
 
             await pilot.press("f6")
             view = app.checkpoints

@@ -94,7 +94,10 @@ def _demo_run(root):
         if isinstance(event, ev.EvalReport):
             lines.append(ev.SampleAnswers(event.step, [
                 {"prompt": "add 2 3", "answer": "sum 5", "reference": "sum 5", "exact": True,
-                 "ended": True, "tokens": 3, "where": "valid.jsonl:1"}]).to_json())
+                 "ended": True, "tokens": 3, "where": "valid.jsonl:1"},
+                {"prompt": "add 4 4", "answer": "sum 8 sum", "reference": "sum 8",
+                 "exact": False, "ended": False, "tokens": 4, "where": "valid.jsonl:2"}
+            ]).to_json())
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     for where, step, val in (("checkpoints/step-000004", 4, 2.62), ("checkpoints/step-000008", 8,
                              2.14), ("best", 8, 2.14), (".", 8, 2.14)):

@@ -279,6 +279,7 @@ class MlxsftApp(App):
     def on_train_event(self, message: TrainEvent) -> None:
         event = message.event
         self.training_view.apply(event)
+        self.checkpoints.apply(event)
         for severity, line in describe(event):
             self.event_log.add(severity, line)
         if isinstance(event, ev.RunStarted):
@@ -358,6 +359,7 @@ class MlxsftApp(App):
         events, self.metrics_pos = read_events(self.run_dir, self.metrics_pos)
         if events:
             self.training_view.apply(*events)
+            self.checkpoints.apply(*events)
             for event in events:
                 for severity, line in describe(event):
                     self.event_log.add(severity, line)

@@ -20,13 +20,14 @@ from mlxsft.tui.widgets.run_panel import RunPanel
 from mlxsft.tui.widgets.training_view import EventLog, TrainingView
 
 NARROW_WIDTH, NARROW_HEIGHT = 100, 30
-SECTIONS = ("run-panel", "event-log", "training", "compare", "data-view", "checkpoints")
+SECTIONS = ("run-panel", "event-log", "training", "compare", "data-view", "checkpoints-view")
 # Sections composed outside the workspace (each fills the screen on its own tab).
-FULL_SECTIONS = {"data-view", "checkpoints"}
+FULL_SECTIONS = {"data-view", "checkpoints-view"}
 WIDE_VIEWS = {"train": {"run-panel", "event-log", "training", "compare"}, "data": {"data-view"},
-              "checkpoints": {"checkpoints"}}
+              "checkpoints": {"checkpoints-view"}}
 NARROW_VIEWS = {"setup": {"run-panel"}, "train": {"training"}, "chat": {"compare"},
-                "data": {"data-view"}, "log": {"event-log"}, "checkpoints": {"checkpoints"}}
+                "data": {"data-view"}, "log": {"event-log"},
+                "checkpoints": {"checkpoints-view"}}
 
 
 class MainScreen(Screen):
@@ -50,7 +51,7 @@ class MainScreen(Screen):
                 yield TrainingView(id="training")
                 yield ComparePane(id="compare")
         yield DataView(id="data-view")
-        yield CheckpointsView(id="checkpoints", **self.checkpoints_options)
+        yield CheckpointsView(id="checkpoints-view", **self.checkpoints_options)
         yield Footer()
 
     def on_mount(self) -> None:

@@ -1,4 +1,4 @@
-"""The Checkpoints section: the run's saved adapters, their scores, and the one to chat with.
+"""The Checkpoints section: saved adapters, their scores, the one to chat with, and samples.
 
 One row per adapter the run saved (`mlxsft.rundir.saved_adapters`: final, best/, each
 checkpoint) with its step and validation loss. `c` (or the button) runs `mlxsft compare`
@@ -6,7 +6,8 @@ on the run — the base and every saved adapter answer the same held-out prompts
 fills in each row's scores: response-only loss of the reference answers, exact match,
 answers that ended at the end-of-turn token, mean length, and JSON answers that parse.
 Enter (or a click) on a row posts `AdapterChosen`; the app hands it to the compare
-pane, whose Tuned column then answers with that adapter.
+pane, whose Tuned column then answers with that adapter. Below the table, the held-out
+answers the trainer generated at each evaluation (`SampleAnswers`), live or replayed.
 
 The comparison loads one model after another, so it runs on a worker thread of its own
 (`mlx_thread.run_on_own_thread`: MLX streams are thread-local, and the thread frees its
@@ -26,12 +27,14 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.widgets import Button, DataTable, Static
+from textual.widgets import Button, DataTable, RichLog, Static
 from textual.worker import get_current_worker
 
+from mlxsft import events as ev
 from mlxsft.errors import UserError
 from mlxsft.mlx_thread import run_on_own_thread
-from mlxsft.tui.runs import SavedAdapter
+from mlxsft.tui.runs import SavedAdapter, sample_line
+from mlxsft.tui.widgets.training_view import SEVERITY_STYLE
 
 BASE = "base"
 COLUMNS = ("adapter", "step", "val loss", "ref loss", "exact", "ended", "tokens", "parses")
@@ -124,6 +127,7 @@ class CheckpointsView(Vertical):
         self.adapters: list[SavedAdapter] = []
         self.scores: dict[str, dict] = {}  # what the table shows; tests read it
         self.comparing = False
+        self.samples: list[tuple[str, str]] = []  # (severity, line) as shown; tests read it
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="checkpoints-buttons"):
@@ -131,6 +135,7 @@ class CheckpointsView(Vertical):
                          tooltip="answer held-out prompts with the base and every adapter")
             yield Static("", id="checkpoints-status")
         yield DataTable(id="checkpoints-table", cursor_type="row", zebra_stripes=True)
+        yield RichLog(id="samples-log", wrap=True, markup=False, highlight=False)
 
     def on_mount(self) -> None:
         self.border_title = "Checkpoints"
@@ -139,6 +144,7 @@ class CheckpointsView(Vertical):
         for column in COLUMNS:
             table.add_column(column, key=column)
         self.set_status("no run yet: start one (ctrl+s) or open a run directory (ctrl+o)")
+        self.query_one("#samples-log").border_title = "Samples at each evaluation"
 
     def set_status(self, text: str, style: str = "dim italic") -> None:
         self.query_one("#checkpoints-status", Static).update(Text(text, style=style))
@@ -146,8 +152,9 @@ class CheckpointsView(Vertical):
     def set_run(self, run_dir: Path | None, adapters: list[SavedAdapter]) -> None:
         """Show the adapters of `run_dir`; scores stay while they are of the same run."""
         if run_dir != self.run_dir:
-            self.scores = {}
+            self.scores, self.samples = {}, []
             self.run_dir = run_dir
+            self.query_one("#samples-log", RichLog).clear()
         self.adapters = adapters
         if not self.comparing:
             self.set_status(f"{len(adapters)} saved adapters; c compares them" if adapters else
@@ -173,6 +180,16 @@ class CheckpointsView(Vertical):
                 _share(s.get("parses")), key=key)
         if rows:
             table.move_cursor(row=min(cursor, len(rows) - 1))
+
+    def apply(self, *events: ev.Event) -> None:
+        """Show the held-out answers among trainer events (others are ignored)."""
+        log = self.query_one("#samples-log", RichLog)
+        for event in events:
+            if isinstance(event, ev.SampleAnswers):
+                for sample in event.samples:
+                    severity, line = sample_line(event.step, sample)
+                    self.samples.append((severity, line))
+                    log.write(Text(line, style=SEVERITY_STYLE.get(severity, "")))
 
     @property
     def row_keys(self) -> list[str]:
