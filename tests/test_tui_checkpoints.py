@@ -130,6 +130,11 @@ def test_checkpoints_list_a_real_run_compare_fills_scores_and_a_row_sets_the_cha
             assert app.compare.adapter_choice == "latest"
             table = app.query_one("#checkpoints-table")
             table.focus()
+            table.move_cursor(row=view.row_keys.index("base"))  # the base has no adapter
+            await pilot.press("enter")
+            await pilot.pause()
+            assert app.compare.adapter_choice == "latest" and app.view == "checkpoints"
+            assert "Base column" in str(app.query_one("#checkpoints-status").render())
             table.move_cursor(row=view.row_keys.index("checkpoints/step-000002"))
             await pilot.press("enter")
             await pilot.pause()
@@ -145,8 +150,7 @@ def test_checkpoints_list_a_real_run_compare_fills_scores_and_a_row_sets_the_cha
     asyncio.run(scenario())
 
 
-def test_compare_errors_show_in_the_section_and_base_row_changes_nothing(tmp_path,
-                                                                        monkeypatch):
+def test_compare_errors_show_in_the_section(tmp_path, monkeypatch):
     import asyncio
 
     monkeypatch.chdir(tmp_path)
