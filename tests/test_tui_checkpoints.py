@@ -1,6 +1,7 @@
 """The TUI's behaviour panel: held-out sample answers in the event log and the Samples log
-(live and replayed from metrics.jsonl), and the Checkpoints section — the run's saved adapters, `mlxsft
-compare`'s scores per adapter, and the row that sets the chat pane's Tuned adapter."""
+(live and replayed from metrics.jsonl), and the Checkpoints section — the run's saved
+adapters, `mlxsft compare`'s scores per adapter, and the row that sets the chat pane's
+Tuned adapter."""
 
 import re
 

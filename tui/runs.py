@@ -21,7 +21,8 @@ __all__ = ["SavedAdapter", "check_run_dir", "latest_adapter", "newest", "pick_ad
 
 EVENT_TYPES: dict[str, type[ev.Event]] = {
     "setup": ev.Setup, "start": ev.RunStarted, "train": ev.StepReport, "eval": ev.EvalReport,
-    "samples": ev.SampleAnswers, "checkpoint": ev.CheckpointSaved, "warning": ev.Warning, "finished": ev.Finished,
+    "samples": ev.SampleAnswers, "checkpoint": ev.CheckpointSaved, "warning": ev.Warning,
+    "finished": ev.Finished,
     "failed": ev.Failed,
 }
 END_EVENTS = (ev.Finished, ev.Failed)
@@ -46,7 +47,9 @@ def read_events(run_dir: str | Path, start: int = 0) -> tuple[list[ev.Event], in
     return events, len(records)
 
 
-SAMPLE_MARKS = {True: ("good", "✓ right"), False: ("warning", "✗ wrong"), None: ("info", "· answer")}
+# exact: True against the reference, False, or None (no reference to check against)
+SAMPLE_MARKS = {True: ("good", "✓ right"), False: ("warning", "✗ wrong"),
+                None: ("info", "· answer")}
 
 
 def _one_line(text: str, width: int) -> str:

@@ -2,8 +2,9 @@
 
 At 100x30 and up the Train view shows the run panel, the event log, the Loss chart and
 the Base/Tuned compare pane at once (Data and Checkpoints are the other tabs). Below
-that each section gets its own tab: Setup, Train, Chat, Data, Log, Checkpoints. The sections are composed once and
-only shown or hidden, so nothing is lost when the terminal is resized.
+that each section gets its own tab: Setup, Train, Chat, Data, Log, Checkpoints. The
+sections are composed once and only shown or hidden, so nothing is lost when the
+terminal is resized.
 """
 
 from __future__ import annotations
