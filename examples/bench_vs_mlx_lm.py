@@ -25,12 +25,15 @@ import sys
 import tempfile
 from pathlib import Path
 
+from need_mlxsft import require_mlxsft
+
+require_mlxsft(__file__)
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 
 def build(workdir: Path, seq_len: int, records: int, layers: int, hidden: int, inter: int):
     import mlxsft  # noqa: F401  (BLAS before mlx)
-    from tiny import build_template_tokenizer, corpus, save_model_dir
+    from helpers.tiny import build_template_tokenizer, corpus, save_model_dir
 
     tokenizer = build_template_tokenizer("chatml")
     model = save_model_dir(workdir / "model", tokenizer=tokenizer, hidden_size=hidden,

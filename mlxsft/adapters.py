@@ -9,15 +9,32 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mlx_lm.tuner.utils import load_adapters
+
 from mlxsft.checkpoints import ADAPTER_WEIGHTS, load_safetensors, read_adapter_config
 from mlxsft.errors import UserError
+from mlxsft.models import hub_id, load_model, to_compute_precision
 from mlxsft.templates import use_adapter_template
+
+# What an adapter records of its base (adapter_config.json) that a base must match.
+FIT_KEYS = ("model_type", "hidden_size", "num_hidden_layers")
+
+
+def base_mismatch(adapter_config: dict, base_config: dict, base_label: str,
+                  trained_on: str | None = None) -> str | None:
+    """Why an adapter cannot fit a base, by their configs (None when nothing disagrees):
+    'trained on X (hidden_size 64), but <base_label> has hidden_size 32'. X is
+    `trained_on`, else the base the adapter records."""
+    trained_on = trained_on or adapter_config.get("base_model", "unknown")
+    for key in FIT_KEYS:
+        want, have = adapter_config.get(key), base_config.get(key)
+        if want is not None and have is not None and want != have:
+            return f"trained on {trained_on} ({key} {want}), but {base_label} has {key} {have}"
+    return None
 
 
 def attach_adapter(loaded, adapter_dir: str | Path) -> dict:
     """Insert the adapter's LoRA layers into loaded.model and load its weights."""
-    from mlx_lm.tuner.utils import load_adapters
-
     adapter_dir = Path(adapter_dir)
     config = read_adapter_config(adapter_dir)
     from mlxsft.provenance import local_base
@@ -25,12 +42,9 @@ def attach_adapter(loaded, adapter_dir: str | Path) -> dict:
     # Said here, not published: the local path when the adapter's run knows it.
     base = local_base(adapter_dir, config) or config.get("base_model", "unknown")
     trained_on = f"trained on {base}"
-    for key in ("model_type", "hidden_size", "num_hidden_layers"):
-        want, have = config.get(key), loaded.config.get(key)
-        if want is not None and have is not None and want != have:
-            raise UserError(f"--adapter {adapter_dir}: {trained_on} ({key} {want}), but "
-                            f"--model {loaded.source} has {key} {have}; pass the adapter's "
-                            "base model")
+    why = base_mismatch(config, loaded.config, f"--model {loaded.source}", base)
+    if why:
+        raise UserError(f"--adapter {adapter_dir}: {why}; pass the adapter's base model")
     # A damaged file is not a mismatch: say so before mlx-lm reads it.
     check_finite(load_safetensors(adapter_dir / ADAPTER_WEIGHTS, f"--adapter {adapter_dir}"),
                  adapter_dir / ADAPTER_WEIGHTS)
@@ -80,8 +94,6 @@ def adapter_base(adapter: str | Path) -> tuple[str | None, str | None]:
 
 def _loadable_by_name(name: str) -> bool:
     """An alias, a hub id or a path that exists here: what `load_model` can take as is."""
-    from mlxsft.export.hf import hub_id
-
     return hub_id(name) is not None or Path(name).exists()
 
 
@@ -89,8 +101,6 @@ def load_for_inference(model: str | None, adapter: str | Path | None = None,
                        keep_quantized: bool = False):
     """The base model (the adapter's recorded base when --model is not given), in the
     compute precision of this machine, with the adapter attached when given."""
-    from mlxsft.models import load_model, to_compute_precision
-
     name = None
     if model is None and adapter is not None:
         model, name = adapter_base(adapter)

@@ -47,9 +47,14 @@ class Batch:
     def tokens_count(self) -> int:
         return int(self.lengths.sum())
 
-    @property
-    def supervised_count(self) -> int:
-        return int(self.loss_mask.sum())
+
+
+def pad_id(tokenizer) -> int:
+    """The token that fills a row past its record: the tokenizer's pad token, else 0.
+    Any id would do (padded positions carry loss mask 0 and come after the record, so
+    causal attention never lets a real token see them); this keeps batches readable."""
+    pad = getattr(tokenizer, "pad_token_id", None)
+    return pad if pad is not None else 0
 
 
 def make_batch(items: Sequence[Tokenized], width: int, pad_id: int = 0) -> Batch:

@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from mlxsft.config import BenchConfig
+
 
 @dataclass
 class BenchResult:
@@ -56,21 +58,6 @@ class BenchResult:
         ])
 
 
-def matmul_peak_gflops(n: int = 1024, repeats: int = 5) -> float:
-    """Best of a few fp32 n x n matmuls on the default device."""
-    import mlx.core as mx
-
-    a = mx.random.normal((n, n))
-    b = mx.random.normal((n, n))
-    mx.eval(a, b, a @ b)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        mx.eval(a @ b)
-        best = min(best, time.perf_counter() - start)
-    return 2 * n ** 3 / best / 1e9
-
-
 def flops_per_token(model, seq_len: int, fine_tune: str) -> float:
     """Training FLOPs per token (see the module docstring)."""
     import mlx.nn as nn
@@ -104,10 +91,8 @@ def synthetic_batches(batch_size: int, seq_len: int, vocab: int, seed: int = 0):
         yield Batch(tokens, mask, np.full(batch_size, seq_len))
 
 
-def run_bench(model: str | None = None, batch_size: int = 4, seq_len: int = 256,
-              steps: int = 10, warmup: int = 2, fine_tune: str = "lora", lora_rank: int = 8,
-              quantize: int | None = None, keep_quantized: bool = False,
-              grad_checkpoint: bool = False, data: str | None = None) -> BenchResult:
+def run_bench(bench: BenchConfig | None = None) -> BenchResult:
+    """Time the step `mlxsft train` would run with `bench`'s options (see BenchConfig)."""
     import mlx.core as mx
 
     from mlxsft import blas
@@ -117,6 +102,12 @@ def run_bench(model: str | None = None, batch_size: int = 4, seq_len: int = 256,
     from mlxsft.prepare import prepare_data
     from mlxsft.train import Trainer
 
+    bench = bench or BenchConfig()
+    model, batch_size, seq_len, steps, warmup = (bench.model, bench.batch_size, bench.seq_len,
+                                                 bench.steps, bench.warmup)
+    fine_tune, lora_rank, quantize, data = (bench.fine_tune, bench.lora_rank, bench.quantize,
+                                            bench.data)
+    keep_quantized, grad_checkpoint = bench.keep_quantized, bench.grad_checkpoint
     config = TrainConfig(data=data, model=model or TrainConfig.model, fine_tune=fine_tune,
                          batch_size=batch_size, max_seq_len=seq_len, lora_rank=lora_rank,
                          quantize=quantize, keep_quantized=keep_quantized,
@@ -148,7 +139,8 @@ def run_bench(model: str | None = None, batch_size: int = 4, seq_len: int = 256,
         seq_len=seq_len, steps=steps, seconds_per_step=seconds / steps,
         tokens_per_second=tokens / seconds, supervised_tokens_per_second=supervised / seconds,
         peak_memory_gb=mx.get_peak_memory() / 1e9, flops_per_token=fpt,
-        achieved_gflops=fpt * tokens / seconds / 1e9, matmul_peak_gflops=matmul_peak_gflops(),
+        achieved_gflops=fpt * tokens / seconds / 1e9,
+        matmul_peak_gflops=blas.matmul_gflops(1024),
         blas=_blas_label(status))
 
 

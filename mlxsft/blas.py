@@ -258,8 +258,9 @@ def _warn(message: str) -> None:
 
 
 def matmul_gflops(n: int = 512, repeats: int = 5) -> float:
-    """A measured fp32 n x n matmul rate in MLX (the check that the BLAS took effect)."""
-    import mlx.core as mx
+    """A measured fp32 n x n matmul rate in MLX, best of `repeats`: the check that the BLAS
+    took effect (`mlxsft env`) and the peak `mlxsft bench` puts the step against."""
+    import mlx.core as mx  # order: only after preload() has put OpenBLAS in place
 
     a, b = mx.random.normal((n, n)), mx.random.normal((n, n))
     mx.eval(a, b, a @ b)

@@ -14,21 +14,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from mlxsft.adapters import adapter_base, load_for_inference
+from mlxsft.checkpoints import read_adapter_config
 from mlxsft.errors import UserError
+from mlxsft.generate import reply, stream_reply
+from mlxsft.templates import use_adapter_template
 
 
 @dataclass
 class ChatModels:
     """The models to answer with, in order: [("base", m)], [("tuned", m)] or both."""
-
     answerers: list[tuple[str, object]]
 
 
 def load_chat_models(model: str | None, adapter: str | None, compare: bool) -> ChatModels:
-    from mlxsft.adapters import adapter_base, load_for_inference
-    from mlxsft.checkpoints import read_adapter_config
-    from mlxsft.templates import use_adapter_template
-
     if compare and not adapter:
         raise UserError("--compare needs --adapter DIR (the tuned model to compare with its base)")
     if adapter:
@@ -70,8 +69,6 @@ def read_prompts(prompts: list[str] | None, prompts_file: str | None) -> list[st
 def answer_all(models: ChatModels, prompts: list[str], system: str | None, max_tokens: int,
                temperature: float, as_json: bool, out: TextIO | None = None) -> None:
     """Answer each prompt once with every model; plain labelled text or JSON lines."""
-    from mlxsft.generate import reply, stream_reply
-
     out = out or sys.stdout  # looked up now: a default of sys.stdout is frozen at import
 
     for prompt in prompts:
@@ -98,8 +95,6 @@ def answer_all(models: ChatModels, prompts: list[str], system: str | None, max_t
 def interactive(models: ChatModels, system: str | None, max_tokens: int, temperature: float,
                 stdin: TextIO | None = None, out: TextIO | None = None) -> None:
     """A terminal chat; each model keeps its own history of the conversation."""
-    from mlxsft.generate import stream_reply
-
     stdin, out = stdin or sys.stdin, out or sys.stdout
 
     start = [{"role": "system", "content": system}] if system else []

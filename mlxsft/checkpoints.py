@@ -21,6 +21,9 @@ from typing import Any
 
 from mlxsft.errors import UserError
 
+# heavy: mlx.core is imported inside the functions that read or write tensors; the TUI
+# loads this module when it opens, before any model is needed.
+
 ADAPTER_WEIGHTS = "adapters.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 # Safetensors metadata keys (and adapter_config.json's "save_id") tying the files of one

@@ -18,9 +18,16 @@ from pathlib import Path
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
+# heavy: each command imports its own modules (mlx, mlx_lm, transformers) inside its cmd_*
+# function, so `mlxsft --help` and a mistyped flag answer at once.
 from mlxsft import __version__  # noqa: E402  (also loads the BLAS before mlx)
+from mlxsft import events as ev  # noqa: E402
+from mlxsft.config import (  # noqa: E402
+    BenchConfig, ChatConfig, DataCheckConfig, EnvConfig, EvalConfig, ExportAdapterConfig,
+    CompareConfig, FuseConfig, PushConfig, TuiConfig, add_arguments, build_config, load_yaml)
+from mlxsft.datacli import add_curation_parsers  # noqa: E402
 from mlxsft.errors import UserError  # noqa: E402
-from mlxsft.models import DEFAULT_MODEL  # noqa: E402
+from mlxsft.progress import ProgressPrinter  # noqa: E402
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,48 +37,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"mlxsft: error: {message}; see `{self.prog} --help`\n")
 
 
-def _int_at_least(low: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"{value}: must be at least {low}")
-        return value
-    return parse
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
-    if not value >= 0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"{text}: must be 0 or more")
-    return value
-
-
-def _model_flag(parser, required=False, help_extra=""):
-    parser.add_argument("--model", default=None if not required else DEFAULT_MODEL,
-                        help="base model: a Hugging Face directory, a hub id, a .gguf file, or "
-                        f"{DEFAULT_MODEL} (default){help_extra}")
-    parser.add_argument("--trust-remote-code", action="store_true",
-                        help="allow a model that runs its own Python code")
-
-
-def _mask_flags(parser):
-    from mlxsft.masking import MASK_MODES
-
-    parser.add_argument("--mask", default="assistant", choices=MASK_MODES,
-                        help="what carries loss: assistant (every assistant turn with its "
-                        "end-of-turn token), last (final assistant turn), all (every token)")
-    parser.add_argument("--max-seq-len", type=_int_at_least(2), default=1024,
-                        help="truncate longer records to this many tokens (default: 1024)")
-    parser.add_argument("--skip-invalid", action="store_true",
-                        help="skip invalid records (and count them) instead of stopping")
-
-
 # -- data check ------------------------------------------------------------------------
 def cmd_data_check(args) -> int:
     from mlxsft.data import DataOptions, load_splits, read_records
@@ -79,6 +44,7 @@ def cmd_data_check(args) -> int:
     from mlxsft.models import load_tokenizer
     from mlxsft.prepare import build_masker
 
+    args = build_config(args, cls=DataCheckConfig)
     options = DataOptions.of(args)
     splits = load_splits(args.data, args.skip_invalid, options)
     held_out = (read_records(args.against, True, options.keys) if args.against
@@ -122,9 +88,6 @@ def _train_would_fail(reports, skip_invalid: bool) -> int:
 
 # -- train -----------------------------------------------------------------------------
 def cmd_train(args) -> int:
-    from mlxsft import events as ev
-    from mlxsft.config import build_config
-    from mlxsft.progress import ProgressPrinter
     from mlxsft.train import train
 
     resume_from = None
@@ -206,8 +169,10 @@ def keep_awake():
 def cmd_eval(args) -> int:
     from mlxsft.evaluate import evaluate_data
 
+    args = build_config(args, cls=EvalConfig)
     result = evaluate_data(args.data, args.model, args.adapter, args.mask, args.max_seq_len,
-                           args.batch_size, args.skip_invalid)
+                           args.batch_size, args.skip_invalid, answers=args.answers,
+                           match=args.match)
     if args.json:
         print(json.dumps(result.to_json()))
     else:
@@ -215,6 +180,12 @@ def cmd_eval(args) -> int:
         print(f"{label} on {result.data}: loss {result.loss:.4f} nats/token, perplexity "
               f"{result.perplexity:.2f} ({result.supervised_tokens} supervised tokens in "
               f"{result.records} records)")
+        if result.answers is not None:
+            print(result.answers.summary())
+            for example in result.answers.examples[:args.show]:
+                marks = ", ".join(f"{k.replace('_', ' ')}: {'yes' if example[k] else 'no'}"
+                                  for k in ("right", "in_shape", "exact"))
+                print(f"  >>> {example['prompt']!r}\n      {example['reply']!r}  ({marks})")
     return 0
 
 
@@ -222,6 +193,7 @@ def cmd_eval(args) -> int:
 def cmd_chat(args) -> int:
     from mlxsft.chat import answer_all, interactive, load_chat_models, read_prompts
 
+    args = build_config(args, cls=ChatConfig)
     prompts = read_prompts(args.prompt, args.prompts)
     models = load_chat_models(args.model, args.adapter, args.compare)
     if prompts:
@@ -235,7 +207,9 @@ def cmd_chat(args) -> int:
 def cmd_fuse(args) -> int:
     from mlxsft.export.fuse import fuse
 
-    result = fuse(args.adapter, args.out, args.model, args.format, args.dtype, args.quantize)
+    args = build_config(args, cls=FuseConfig)
+    result = fuse(args.adapter, args.out, args.model, args.format, args.dtype, args.quantize,
+                  lmstudio_dir=args.lmstudio_dir)
     if args.json:
         print(json.dumps(result.to_json()))
         return 0
@@ -248,6 +222,15 @@ def cmd_fuse(args) -> int:
 def cmd_export_adapter(args) -> int:
     from mlxsft.export.peft import export_peft
 
+    args = build_config(args, cls=ExportAdapterConfig)
+    if args.format == "gguf":
+        from mlxsft.gguf.adapter import export_gguf_adapter
+
+        done = export_gguf_adapter(args.adapter, args.out, args.base)
+        print(f"wrote a llama.cpp LoRA adapter GGUF to {done.out}: {done.tensors} tensors, r "
+              f"{done.rank}, alpha {done.alpha:g}, base {done.base} (llama-cli -m BASE.gguf "
+              f"--lora {done.out}; Ollama: ADAPTER {done.out})")
+        return 0
     result = export_peft(args.adapter, args.out, args.base)
     print(f"wrote a PEFT LoRA adapter to {result.out}: {result.modules} modules, r "
           f"{result.rank}, lora_alpha {result.lora_alpha:g}, base "
@@ -257,44 +240,53 @@ def cmd_export_adapter(args) -> int:
     return 0
 
 
-# -- bench -----------------------------------------------------------------------------
-def cmd_bench(args) -> int:
-    from mlxsft.bench import run_bench
+def cmd_push(args) -> int:
+    from mlxsft.export.push import push
 
-    result = run_bench(args.model, args.batch_size, args.seq_len, args.steps, args.warmup,
-                       args.fine_tune, args.lora_rank, args.quantize, args.keep_quantized,
-                       args.grad_checkpoint, args.data)
-    print(json.dumps(result.to_json()) if args.json else result.render())
+    args = build_config(args, cls=PushConfig)
+    result = push(args.source, args.repo, args.private)
+    print(f"pushed the {result.kind} in {args.source} to {result.url} ({len(result.files)} "
+          f"files: {', '.join(result.files)})")
     return 0
 
 
-# -- env -------------------------------------------------------------------------------
+# -- compare ---------------------------------------------------------------------------
 def cmd_compare(args) -> int:
-    import json
-
     from mlxsft.compare import compare, render, to_json
     from mlxsft.rundir import check_run_dir
 
+    args = build_config(args, cls=CompareConfig)
     run_dir = check_run_dir(args.run)
-    table = compare(run_dir, args.prompts, args.include, args.limit, args.max_tokens,
+    table = compare(run_dir, args.prompts, args.include or [], args.limit, args.max_tokens,
                     progress=None if args.json else lambda m: print(m, file=sys.stderr))
     print(json.dumps(to_json(table), indent=2) if args.json else render(table))
     return 0
 
 
-def cmd_env(args) -> int:
-    from mlxsft import doctor
+# -- bench -----------------------------------------------------------------------------
+def cmd_bench(args) -> int:
+    from mlxsft.bench import run_bench
 
-    report = doctor.collect()
-    print(json.dumps(report, indent=2) if args.json else doctor.render(report))
+    config = build_config(args, cls=BenchConfig)
+    result = run_bench(config)
+    print(json.dumps(result.to_json()) if config.json else result.render())
+    return 0
+
+
+# -- env -------------------------------------------------------------------------------
+def cmd_env(args) -> int:
+    from mlxsft import env
+
+    report = env.collect()
+    print(json.dumps(report, indent=2) if args.json else env.render(report))
     return 0
 
 
 # -- tui -------------------------------------------------------------------------------
 def cmd_tui(args) -> int:
-    from mlxsft.config import load_yaml
     from mlxsft.tui.app import create_app  # the only place the library reaches the TUI
 
+    args = build_config(args, cls=TuiConfig)
     # A mistyped path is refused here, in one line, rather than after the app has opened;
     # what can only go wrong later (loading the model) is shown in the app.
     if args.run and not Path(args.run).is_dir():
@@ -310,8 +302,15 @@ def cmd_tui(args) -> int:
     return 0
 
 
+def _command(sub, name, func, config_cls, **kwargs) -> argparse.ArgumentParser:
+    """A subcommand whose flags are the fields of `config_cls` (see mlxsft.config)."""
+    p = sub.add_parser(name, **kwargs)
+    add_arguments(p, config_cls)
+    p.set_defaults(func=func)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from mlxsft.config import DATA_FIELDS, add_arguments
 
     parser = _Parser(
         prog="mlxsft", description="Local instruction tuning (SFT) on MLX: response-only "
@@ -335,162 +334,61 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("data", help="inspect and curate training data")
     data_sub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
-    c = data_sub.add_parser("check", help="lint a dataset and show its loss masks",
-                            description="Tokenize DATA with the model's chat template exactly "
-                            "as training will, and report formats, lengths, supervised share, "
-                            "truncation, duplicates and other problems.")
-    c.add_argument("data", help="a .jsonl/.json/.parquet file, a directory with train.jsonl / "
-                   "valid.jsonl, or a Hugging Face dataset id (org/name, org/name:split)")
-    _model_flag(c)
-    _mask_flags(c)
-    c.add_argument("--show", type=_int_at_least(0), default=0, metavar="N",
-                   help="print N records with masked (dim) and supervised (bold green) tokens")
-    c.add_argument("--json", action="store_true",
-                   help="one JSON object per record (line, tokens, loss_mask) and a summary")
-    c.add_argument("--color", action=argparse.BooleanOptionalAction, default=None,
-                   help="colour for --show (default: when writing to a terminal)")
-    c.add_argument("--against", metavar="HELD_OUT", default=None,
-                   help="also report training records that (nearly) repeat a record of this "
-                   "held-out file (leakage)")
-    add_arguments(c, only=DATA_FIELDS)
-    c.set_defaults(func=cmd_data_check)
-    from mlxsft.datacli import add_curation_parsers
-
+    _command(data_sub, "check", cmd_data_check, DataCheckConfig,
+             help="lint a dataset and show its loss masks",
+             description="Tokenize DATA with the model's chat template exactly as training "
+             "will, and report formats, lengths, supervised share, truncation, duplicates and "
+             "other problems.")
     add_curation_parsers(data_sub)
-
-    p = sub.add_parser("eval", help="response-only loss of a model (with an adapter) on data",
-                       description="Mean NLL and perplexity over supervised tokens only, "
-                       "masked exactly as in training; compare a base and its adapter.")
-    p.add_argument("data", help="a .jsonl file, or a data directory (its valid.jsonl)")
-    p.add_argument("--model", default=None, help="base model (default: the adapter's base, "
-                   f"else {DEFAULT_MODEL})")
-    p.add_argument("--adapter", default=None, help="adapter directory (a run directory, its "
-                   "best/ or a checkpoint)")
-    _mask_flags(p)
-    p.add_argument("--batch-size", type=_int_at_least(1), default=4,
-                   help="records per forward pass (default: 4)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=cmd_eval)
-
-    p = sub.add_parser("chat", help="chat with a model; --compare answers with base and tuned",
-                       description="Interactive chat with streaming tokens and the model's chat "
-                       "template, or one answer per --prompt. --compare answers every prompt "
-                       "with the base and then with the adapter, labelled [base] and [tuned].")
-    p.add_argument("--model", default=None, help="base model (default: the adapter's base, "
-                   f"else {DEFAULT_MODEL})")
-    p.add_argument("--adapter", default=None, help="adapter directory (a run directory, its "
-                   "best/ or a checkpoint)")
-    p.add_argument("--compare", action="store_true", help="answer with base and tuned")
-    p.add_argument("--prompt", action="append", metavar="TEXT",
-                   help="answer this prompt and exit (repeatable)")
-    p.add_argument("--prompts", metavar="FILE", help="a file of prompts, one per line (or "
-                   "JSON lines with a 'prompt' field)")
-    p.add_argument("--system", default=None, help="a system message for every conversation")
-    p.add_argument("--max-tokens", type=_int_at_least(1), default=256,
-                   help="longest answer in tokens (default: 256)")
-    p.add_argument("--temperature", type=_non_negative_float, default=0.0,
-                   help="0 is greedy (default)")
-    p.add_argument("--json", action="store_true", help="with --prompt: one JSON object per "
-                   "prompt with each model's answer")
-    p.set_defaults(func=cmd_chat)
-
-    p = sub.add_parser("fuse", help="fuse an adapter into its base and save a model "
-                       "(MLX/HF safetensors or GGUF), verified",
-                       description="W' = W + scale * B A into the base (de-quantized first), "
-                       "saved in full precision or re-quantized; then the saved model is "
-                       "loaded back and compared with base + adapter on held-out records "
-                       "(max |logit diff|, response-only loss). OUT appears only when done.")
-    p.add_argument("--adapter", required=True, help="adapter directory (a run directory, "
-                   "its best/ or a checkpoint)")
-    p.add_argument("--out", required=True, help="the model directory (or .gguf file) to write")
-    p.add_argument("--model", default=None, help="base model (default: the adapter's base)")
-    p.add_argument("--format", default="mlx", choices=("mlx", "hf", "gguf"),
-                   help="mlx: directory for mlx-lm (may be quantized); hf: full-precision "
-                   "directory for transformers and mlx-lm; gguf: one llama.cpp file "
-                   "(llama, mistral, qwen2, qwen3) (default: mlx)")
-    p.add_argument("--dtype", default=None, choices=("float16", "bfloat16", "float32"),
-                   help="float type written (default: the base's; float16 for a quantized "
-                   "base)")
-    p.add_argument("--quantize", type=int, choices=(4, 8), default=None, metavar="BITS",
-                   help="re-quantize: 4 or 8 bits (MLX affine, the base's group size or 64; "
-                   "GGUF Q4_1 / Q8_0); the loss change is reported")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=cmd_fuse)
-
-    p = sub.add_parser("export-adapter", help="write the adapter for other tools (PEFT)",
-                       description="Write adapter_model.safetensors and adapter_config.json "
-                       "in PEFT's layout (lora_A [r, in], lora_B [out, r], lora_alpha = "
-                       "scale * r) for peft.PeftModel.from_pretrained on the transformers "
-                       "version of the base.")
-    p.add_argument("--adapter", required=True, help="adapter directory")
-    p.add_argument("--format", default="peft", choices=("peft",), help="peft (the only one so far)")
-    p.add_argument("--out", required=True, help="the directory to write")
-    p.add_argument("--base", default=None, help="base_model_name_or_path to record (default: "
-                   "the adapter's base; give the Hugging Face id when it was a GGUF file)")
-    p.set_defaults(func=cmd_export_adapter)
-
-    p = sub.add_parser("bench", help="time the training step: tokens/s, memory, %% of peak",
-                       description="Run the real compiled training step on fixed-shape batches "
-                       "(synthetic, or cut from --data) and print tokens/s, supervised "
-                       "tokens/s, seconds/step, peak memory, and model FLOPs/token against a "
-                       "measured fp32 matmul peak. Use it to pick a batch size.")
-    p.add_argument("--model", default=None, help=f"base model (default: {DEFAULT_MODEL})")
-    p.add_argument("--batch-size", type=_int_at_least(1), default=4,
-                   help="records per step (default: 4)")
-    p.add_argument("--seq-len", type=_int_at_least(2), default=256,
-                   help="tokens per record (default: 256)")
-    p.add_argument("--steps", type=_int_at_least(1), default=10,
-                   help="timed steps (default: 10)")
-    p.add_argument("--warmup", type=_int_at_least(0), default=2,
-                   help="untimed steps first, for compilation (default: 2)")
-    p.add_argument("--fine-tune", default="lora", choices=("lora", "full"),
-                   help="lora (default) or full (every weight trains)")
-    p.add_argument("--lora-rank", type=_int_at_least(1), default=8, help="LoRA rank (default: 8)")
-    p.add_argument("--quantize", type=int, choices=(4, 8), default=None,
-                   help="quantize the base on load to 4 or 8 bits (QLoRA)")
-    p.add_argument("--keep-quantized", action="store_true",
-                   help="on Linux, time quantized compute instead of de-quantized float32")
-    p.add_argument("--grad-checkpoint", action="store_true",
-                   help="recompute activations in the backward pass: less memory, more compute")
-    p.add_argument("--data", default=None, help="cut batches from this data instead of "
-                   "synthetic tokens")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=cmd_bench)
-
-    p = sub.add_parser("compare", help="answer held-out prompts with the base, every checkpoint "
-                       "and exports, and score them",
-                       description="Which checkpoint behaves best, and did tuning break "
-                       "anything? Answers a probe set (greedy) with the base, every adapter "
-                       "the run saved and each --include model, and prints each answer and, "
-                       "per model, the loss of the reference answers, exact matches, answers "
-                       "that ended with the end-of-turn token, mean length and JSON parses.")
-    p.add_argument("run", metavar="RUN", help="a run directory (the --out of mlxsft train)")
-    p.add_argument("--prompts", default=None, metavar="FILE", help="a .jsonl of prompts with "
-                   "reference answers (default: the run's validation data)")
-    p.add_argument("--include", nargs="+", default=[], metavar="PATH", help="also a fused "
-                   "model directory or .gguf file")
-    p.add_argument("--limit", type=_int_at_least(1), default=8, help="prompts to answer "
-                   "(default: 8)")
-    p.add_argument("--max-tokens", type=_int_at_least(1), default=64,
-                   help="longest answer, in tokens (default: 64)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=cmd_compare)
-
-    p = sub.add_parser("env", help="this machine: MLX, BLAS, threads, the default model",
-                       description="Report versions, MLX's device, whether the optimized BLAS "
-                       "is in use (with a measured matmul rate), and the default model.")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=cmd_env)
-
-    p = sub.add_parser("tui", help="the terminal app: live loss curves, base-vs-tuned chat",
-                       description="Set up and run a fine-tune with a live Loss chart, "
-                       "compare the base and tuned models side by side, and inspect the "
-                       "data's loss masks.")
-    p.add_argument("data", nargs="?", default=None, help="training data (.jsonl or a dir)")
-    p.add_argument("--model", default=None, help=f"base model (default: {DEFAULT_MODEL})")
-    p.add_argument("--config", default=None, help="YAML file of run options")
-    p.add_argument("--run", default=None, metavar="DIR", help="open this run directory")
-    p.set_defaults(func=cmd_tui)
+    _command(sub, "eval", cmd_eval, EvalConfig,
+             help="response-only loss of a model (with an adapter) on data",
+             description="Mean NLL and perplexity over supervised tokens only, masked exactly "
+             "as in training; compare a base and its adapter.")
+    _command(sub, "chat", cmd_chat, ChatConfig,
+             help="chat with a model; --compare answers with base and tuned",
+             description="Interactive chat with streaming tokens and the model's chat "
+             "template, or one answer per --prompt. --compare answers every prompt with the "
+             "base and then with the adapter, labelled [base] and [tuned].")
+    _command(sub, "fuse", cmd_fuse, FuseConfig,
+             help="fuse an adapter into its base and save a model (MLX/HF safetensors or "
+             "GGUF), verified",
+             description="W' = W + scale * B A into the base (de-quantized first), saved in "
+             "full precision or re-quantized; then the saved model is loaded back and "
+             "compared with base + adapter on held-out records (max |logit diff|, "
+             "response-only loss). OUT appears only when done.")
+    _command(sub, "export-adapter", cmd_export_adapter, ExportAdapterConfig,
+             help="write the adapter for other tools (PEFT, llama.cpp GGUF)",
+             description="Write adapter_model.safetensors and adapter_config.json in PEFT's "
+             "layout (lora_A [r, in], lora_B [out, r], lora_alpha = scale * r) for "
+             "peft.PeftModel.from_pretrained on the transformers version of the base.")
+    _command(sub, "push", cmd_push, PushConfig,
+             help="upload an adapter, fused model or GGUF to the Hugging Face hub with a "
+             "model card",
+             description="SOURCE: a run or adapter directory (uploaded in mlx-lm's and PEFT's "
+             "layouts), a fused model directory, or a .gguf file. Needs a token (`hf auth "
+             "login`); nothing is staged without one.")
+    _command(sub, "compare", cmd_compare, CompareConfig,
+             help="answer held-out prompts with the base, every checkpoint and exports, and "
+             "score them",
+             description="Which checkpoint behaves best, and did tuning break anything? "
+             "Answers a probe set (greedy) with the base, every adapter the run saved and "
+             "each --include model, and prints each answer and, per model, the loss of the "
+             "reference answers, exact matches, answers that ended with the end-of-turn "
+             "token, mean length and JSON parses.")
+    _command(sub, "bench", cmd_bench, BenchConfig,
+             help="time the training step: tokens/s, memory, %% of peak",
+             description="Run the real compiled training step on fixed-shape batches "
+             "(synthetic, or cut from --data) and print tokens/s, supervised tokens/s, "
+             "seconds/step, peak memory, and model FLOPs/token against a measured fp32 "
+             "matmul peak. Use it to pick a batch size.")
+    _command(sub, "env", cmd_env, EnvConfig,
+             help="this machine: MLX, BLAS, threads, the default model",
+             description="Report versions, MLX's device, whether the optimized BLAS is in "
+             "use (with a measured matmul rate), and the default model.")
+    _command(sub, "tui", cmd_tui, TuiConfig,
+             help="the terminal app: live loss curves, base-vs-tuned chat",
+             description="Set up and run a fine-tune with a live Loss chart, compare the base "
+             "and tuned models side by side, and inspect the data's loss masks.")
     return parser
 
 

@@ -312,9 +312,9 @@ MASKED_STYLE = "\x1b[2m"
 RESET = "\x1b[0m"
 
 
-def render_record(item: Tokenized, tokenizer: Any, color: bool = True) -> str:
-    """The record's text with supervised tokens bold green and masked ones dim
-    (without colour: supervised runs between « and »)."""
+def mask_runs(item: Tokenized, tokenizer: Any) -> list[tuple[bool, str]]:
+    """The record's text cut where the loss mask changes: (supervised, text) pairs, each
+    run decoded as a whole (so multi-token characters come out whole)."""
     tok = hf_tokenizer(tokenizer)
     runs: list[tuple[int, list[int]]] = []
     for t, m in zip(item.tokens, item.loss_mask):
@@ -322,13 +322,19 @@ def render_record(item: Tokenized, tokenizer: Any, color: bool = True) -> str:
             runs[-1][1].append(t)
         else:
             runs.append((m, [t]))
+    return [(bool(m), tok.decode(ids)) for m, ids in runs]
+
+
+def render_record(item: Tokenized, tokenizer: Any, color: bool = True) -> str:
+    """The record's text with supervised tokens bold green and masked ones dim
+    (without colour: supervised runs between « and »)."""
     parts = []
-    for m, ids in runs:
-        text = escape_controls(tok.decode(ids))
+    for supervised, text in mask_runs(item, tokenizer):
+        text = escape_controls(text)  # a terminal must not run control sequences from data
         if color:
-            parts.append((SUPERVISED_STYLE if m else MASKED_STYLE) + text + RESET)
+            parts.append((SUPERVISED_STYLE if supervised else MASKED_STYLE) + text + RESET)
         else:
-            parts.append(f"«{text}»" if m else text)
+            parts.append(f"«{text}»" if supervised else text)
     head = (f"--- {item.source}:{item.line} ({item.format}, {len(item.tokens)} tokens, "
             f"{item.supervised_tokens} supervised{', truncated' if item.truncated else ''})")
     return escape_controls(head) + "\n" + "".join(parts)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mlxsft.config import DATA_FIELDS, add_arguments
 from mlxsft.errors import UserError
 
 
@@ -73,14 +74,10 @@ def cmd_data_mix(args) -> int:
 
 def add_curation_parsers(data_sub) -> None:
     """`data dedupe`, `data split` and `data mix` under `mlxsft data`."""
-    from mlxsft.config import DATA_FIELDS, add_arguments
-
     reading = [f for f in DATA_FIELDS if f not in ("chat_template", "template_kwarg", "thinking")]
 
     def common(c):
-        add_arguments(c, only=reading)
-        c.add_argument("--skip-invalid", action="store_true",
-                       help="skip invalid records (and count them) instead of stopping")
+        add_arguments(c, only=[*reading, "skip_invalid"])
 
     c = data_sub.add_parser("dedupe", help="drop exact and near-duplicate records",
                             description="Write DATA without exact copies and near-duplicates "

@@ -8,19 +8,26 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-from mlxsft.masking import Tokenized
+import mlx.core as mx
+
+from mlxsft.adapters import load_for_inference
+from mlxsft.batching import iterate_batches, pad_id
+from mlxsft.checkpoints import read_adapter_config
+from mlxsft.data import load_splits
+from mlxsft.errors import UserError
+from mlxsft.loss import masked_nll_sum
+from mlxsft.masking import Masker, Tokenized, encode_records
+from mlxsft.templates import TemplateChoice
+
+if TYPE_CHECKING:
+    from mlxsft.answers import AnswerScore
 
 
 def mean_nll(model, items: Sequence[Tokenized], batch_size: int, max_seq_len: int,
              pad_id: int = 0, max_batches: int = -1) -> tuple[float, int]:
     """(mean NLL over all supervised tokens, their count), batches in length order."""
-    import mlx.core as mx
-
-    from mlxsft.batching import iterate_batches
-    from mlxsft.loss import masked_nll_sum
-
     total, count = 0.0, 0
     for i, batch in enumerate(iterate_batches(items, batch_size, max_seq_len, shuffle=False,
                                               pad_id=pad_id, loop=False)):
@@ -41,28 +48,28 @@ class EvalResult:
     records: int
     supervised_tokens: int
     loss: float
+    answers: AnswerScore | None = None  # generated replies judged, with --answers
 
     @property
     def perplexity(self) -> float:
         return math.exp(self.loss) if self.loss < 700 else float("inf")
 
     def to_json(self) -> dict:
-        return {"data": self.data, "model": self.model, "adapter": self.adapter,
-                "records": self.records, "supervised_tokens": self.supervised_tokens,
-                "loss": self.loss, "perplexity": self.perplexity}
+        out = {"data": self.data, "model": self.model, "adapter": self.adapter,
+               "records": self.records, "supervised_tokens": self.supervised_tokens,
+               "loss": self.loss, "perplexity": self.perplexity}
+        if self.answers is not None:
+            out["answers"] = self.answers.to_json()
+        return out
 
 
 def evaluate_data(data: str, model: str | None = None, adapter: str | None = None,
                   mask: str = "assistant", max_seq_len: int = 1024, batch_size: int = 4,
-                  skip_invalid: bool = False, loaded=None) -> EvalResult:
-    """Load the model (+ adapter), mask the data as training does, and average the NLL."""
-    from mlxsft.adapters import load_for_inference
-    from mlxsft.checkpoints import read_adapter_config
-    from mlxsft.data import load_splits
-    from mlxsft.errors import UserError
-    from mlxsft.masking import Masker, encode_records
-    from mlxsft.templates import TemplateChoice
-
+                  skip_invalid: bool = False, loaded=None, answers: int = 0,
+                  match: str = "exact") -> EvalResult:
+    """Load the model (+ adapter), mask the data as training does, and average the NLL;
+    with `answers`, also generate replies to that many held-out records and judge them
+    (`mlxsft.answers`)."""
     loaded = loaded or load_for_inference(model, adapter)
     splits = load_splits(data, skip_invalid)
     # A data directory is evaluated on its held-out split when it has one.
@@ -73,12 +80,22 @@ def evaluate_data(data: str, model: str | None = None, adapter: str | None = Non
     encoded = encode_records(masker, split.records, skip_invalid)
     if not encoded.items:
         raise UserError(f"{split.path}: no record has supervised tokens to evaluate")
-    tok = loaded.tokenizer
-    pad = tok.pad_token_id if getattr(tok, "pad_token_id", None) is not None else 0
     loaded.model.eval()
-    loss, n = mean_nll(loaded.model, encoded.items, batch_size, max_seq_len, pad)
+    loss, n = mean_nll(loaded.model, encoded.items, batch_size, max_seq_len,
+                       pad_id(loaded.tokenizer))
     if not math.isfinite(loss):
         what = f"{loaded.source} + {adapter}" if adapter else loaded.source
         raise UserError(f"{split.path}: the loss of {what} is {loss} (non-finite): the model "
                         "produces NaN or infinite logits on this data; check its weights")
-    return EvalResult(split.path, loaded.source, adapter, len(encoded.items), n, loss)
+    result = EvalResult(split.path, loaded.source, adapter, len(encoded.items), n, loss)
+    if answers:
+        from mlxsft.answers import score_answers
+
+        try:
+            result.answers = score_answers(loaded, split.records, match, answers)
+        except ValueError as e:
+            raise UserError(f"{split.path}: {e}") from None
+        if not result.answers.answered:
+            raise UserError(f"{split.path}: --answers needs records that end with an "
+                            "assistant turn (the reference answer)")
+    return result

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from typing import Iterator
 
+import mlx.core as mx
+from mlx_lm import stream_generate
+from mlx_lm.sample_utils import make_sampler
+
 from mlxsft.masking import DEFAULT_CHAT_TEMPLATE, hf_tokenizer
 
 
@@ -25,10 +29,6 @@ def chat_prompt_tokens(tokenizer, messages: list[dict]) -> list[int]:
 def stream_reply(loaded, messages: list[dict], max_tokens: int = 256,
                  temperature: float = 0.0, seed: int = 0) -> Iterator[str]:
     """Text pieces of the assistant's reply as they are generated (greedy by default)."""
-    import mlx.core as mx
-    from mlx_lm import stream_generate
-    from mlx_lm.sample_utils import make_sampler
-
     mx.random.seed(seed)
     prompt = mx.array(chat_prompt_tokens(loaded.tokenizer, messages))
     for response in stream_generate(loaded.model, loaded.tokenizer, prompt,

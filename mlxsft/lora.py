@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import mlx.nn as nn
 from mlx.utils import tree_flatten
+from mlx_lm.tuner.utils import linear_to_lora_layers
 
 from mlxsft.errors import UserError
 
@@ -79,8 +80,6 @@ def lora_spec(model, rank: int, alpha: float, dropout: float, layers: int,
 
 def apply_lora(model, spec: LoraSpec) -> None:
     """Freeze the base and insert LoRA layers (in place)."""
-    from mlx_lm.tuner.utils import linear_to_lora_layers
-
     model.freeze()
     linear_to_lora_layers(model, spec.num_layers, spec.mlx_lm_parameters(), use_dora=spec.dora)
 

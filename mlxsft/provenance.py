@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mlxsft.models import hub_id
+
 RUN_CONFIG = "config.yaml"
 SEARCH_UP = 3  # RUN/, RUN/best/, RUN/checkpoints/step-N/: the run's config is this close
 
@@ -21,8 +23,6 @@ SEARCH_UP = 3  # RUN/, RUN/best/, RUN/checkpoints/step-N/: the run's config is t
 def public_name(spec: str | None) -> str | None:
     """The base as a published file may name it: an alias or hub id unchanged, a local
     directory or file by its own name (no parent directories)."""
-    from mlxsft.export.hf import hub_id
-
     if not spec or hub_id(spec) is not None:
         return spec
     if "/" in spec or "\\" in spec or spec.startswith("~") or Path(spec).exists():

@@ -20,6 +20,8 @@ from typing import Callable, Iterator
 
 from mlxsft import __version__
 from mlxsft import events as ev
+from mlxsft.adapters import base_mismatch
+from mlxsft.batching import pad_id
 from mlxsft.checkpoints import file_sha256, read_adapter_config
 from mlxsft.config import TrainConfig
 from mlxsft.errors import UserError
@@ -31,23 +33,40 @@ from mlxsft.optimizers import build_optimizer, optimizer_record
 from mlxsft.trackers import check_trackers, open_trackers
 
 
+def warmup_steps(config: TrainConfig, total_steps: int) -> int:
+    """`--warmup` as a number of steps: a fraction (<1) of the run, else a count; always
+    leaves at least one step after it."""
+    warmup = int(config.warmup * total_steps) if config.warmup < 1 else int(config.warmup)
+    return min(warmup, max(total_steps - 1, 0))
+
+
 def learning_rate_schedule(config: TrainConfig, total_steps: int):
+    """The learning rate of optimizer step s (0-based), as an MLX array.
+
+    Warmup: the first W steps ramp linearly up to the peak (step s uses peak * (s+1) / W).
+    Then `constant` stays at the peak, and `linear` / `cosine` decay from the peak at step
+    W to 10% of it at the last step (total_steps - 1).
+    """
+    import mlx.core as mx
     import mlx.optimizers as optim
 
-    warmup = int(config.warmup * total_steps) if config.warmup < 1 else int(config.warmup)
-    warmup = min(warmup, max(total_steps - 1, 0))
+    warmup = warmup_steps(config, total_steps)
     peak = config.learning_rate
-    decay_steps = max(total_steps - warmup, 1)
+    # Step W is the peak and the last step the end: W .. total-1 spans total-1-W intervals.
+    decay_steps = max(total_steps - 1 - warmup, 1)
     if config.lr_schedule == "cosine":
         decay = optim.cosine_decay(peak, decay_steps, end=peak * 0.1)
     elif config.lr_schedule == "linear":
         decay = optim.linear_schedule(peak, peak * 0.1, decay_steps)
     else:
-        decay = lambda step: peak  # noqa: E731
+        def decay(step):
+            # MLX's optimizers call `.astype` on the scheduled value, so a float crashes
+            # there; made here, not captured, because the compiled step traces this call.
+            return mx.array(peak, dtype=mx.float32)
     if warmup == 0:
         return decay
-    return optim.join_schedules([optim.linear_schedule(peak / warmup, peak, warmup), decay],
-                                [warmup])
+    ramp = optim.linear_schedule(peak / warmup, peak, warmup - 1) if warmup > 1 else decay
+    return optim.join_schedules([ramp, decay], [warmup])
 
 
 def _checkpointed(layer) -> None:
@@ -233,12 +252,10 @@ class Trainer:
         from mlx.utils import tree_unflatten
 
         saved, weights, optimizer = read_checkpoint(unit)
-        for key in ("model_type", "hidden_size", "num_hidden_layers"):
-            want, have = saved.get(key), self.loaded.config.get(key)
-            if want is not None and have is not None and want != have:
-                raise UserError(f"--resume {unit}: trained on {saved.get('base_model')} "
-                                f"({key} {want}), but --model {self.loaded.source} has {key} "
-                                f"{have}; drop --model to resume on the run's own base")
+        why = base_mismatch(saved, self.loaded.config, f"--model {self.loaded.source}")
+        if why:
+            raise UserError(f"--resume {unit}: {why}; drop --model to resume on the run's own "
+                            "base")
         try:
             self.loaded.model.load_weights(list(weights.items()), strict=False)
         except ValueError as e:
@@ -321,13 +338,10 @@ class Trainer:
         model.eval()
         try:
             return mean_nll(model, self.data.valid, self.config.batch_size,
-                            self.config.max_seq_len, self._pad_id(), self.config.val_batches)
+                            self.config.max_seq_len, pad_id(self.loaded.tokenizer),
+                            self.config.val_batches)
         finally:
             model.train()
-
-    def _pad_id(self) -> int:
-        tok = self.loaded.tokenizer
-        return tok.pad_token_id if getattr(tok, "pad_token_id", None) is not None else 0
 
     # -- the loop --------------------------------------------------------------------
     def run(self) -> Iterator[ev.Event]:
@@ -380,7 +394,7 @@ class Trainer:
         config, model = self.config, self.loaded.model
         model.train()
         batches = iterate_batches(self.data.train, config.batch_size, config.max_seq_len,
-                                  seed=config.seed, pad_id=self._pad_id())
+                                  seed=config.seed, pad_id=pad_id(self.loaded.tokenizer))
         for _ in range(start_step * config.grad_accum):
             next(batches)  # the same data order as an uninterrupted run
         tokens = supervised = 0

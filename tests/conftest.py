@@ -1,36 +1,47 @@
-import sys
-from pathlib import Path
+"""Fixtures shared by the tests, and the `slow` marker's policy. Helpers (tiny models and
+tokenizers, templates, data) live in the `helpers` package, not here.
+
+Tests marked `@pytest.mark.slow` (more than ~10 s) are skipped by a local `pytest` and run
+when the environment says CI (`CI=true`, as `.ci/run` sets) or when asked for (`-m slow`,
+or `--run-slow`). Every run prints the slowest durations (`--durations` in pyproject).
+"""
+
+import os
+
+import pytest
+from helpers.data import arithmetic_records, write_jsonl
+from helpers.tiny import save_model_dir
 
 # mlxsft first: it must point MLX at the optimized BLAS before mlx.core is imported.
 import mlxsft  # noqa: F401
 
-sys.path.insert(0, str(Path(__file__).parent))
 
-import json
-import random
-
-import pytest
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true",
+                     help="run the tests marked slow (the default when CI=true)")
 
 
-def _arithmetic_records(n, seed):
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        a, b = rng.randint(1, 9), rng.randint(1, 9)
-        out.append({"messages": [{"role": "user", "content": f"add {a} {b}"},
-                                 {"role": "assistant", "content": f"sum {a + b}"}]})
-    return out
+def _run_slow(config) -> bool:
+    return (os.environ.get("CI", "").lower() in ("1", "true", "yes")
+            or config.getoption("--run-slow") or "slow" in (config.option.markexpr or ""))
 
 
-def write_jsonl(path, records):
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return path
+def pytest_report_header(config):
+    return ("slow tests: run" if _run_slow(config) else
+            "slow tests: skipped (CI=true or --run-slow runs them)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if _run_slow(config):
+        return
+    skip = pytest.mark.skip(reason="slow: CI=true or --run-slow runs it")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory):
-    from tiny import save_model_dir
-
     return save_model_dir(tmp_path_factory.mktemp("models") / "llama")
 
 
@@ -38,6 +49,6 @@ def tiny_llama(tmp_path_factory):
 def tiny_data(tmp_path_factory):
     """A data directory: train.jsonl (64 records) and valid.jsonl (8) of a learnable task."""
     d = tmp_path_factory.mktemp("data")
-    write_jsonl(d / "train.jsonl", _arithmetic_records(64, 0))
-    write_jsonl(d / "valid.jsonl", _arithmetic_records(8, 1))
+    write_jsonl(d / "train.jsonl", arithmetic_records(64, 0))
+    write_jsonl(d / "valid.jsonl", arithmetic_records(8, 1))
     return d

@@ -2,8 +2,11 @@
 
 import math
 
+import pytest
+
 from mlxsft.bench import flops_per_token, run_bench
 from mlxsft.cli import main
+from mlxsft.config import BenchConfig
 
 
 def test_flops_per_token_matches_a_hand_count(tiny_llama):
@@ -20,8 +23,10 @@ def test_flops_per_token_matches_a_hand_count(tiny_llama):
     assert flops_per_token(model, seq, "full") == 3 * forward
 
 
+@pytest.mark.slow
 def test_bench_runs_the_real_step(tiny_llama, capsys):
-    result = run_bench(str(tiny_llama), batch_size=2, seq_len=32, steps=2, warmup=1)
+    result = run_bench(BenchConfig(model=str(tiny_llama), batch_size=2, seq_len=32, steps=2,
+                                   warmup=1))
     assert result.tokens_per_second > 0 and math.isclose(
         result.supervised_tokens_per_second, result.tokens_per_second / 2, rel_tol=1e-6)
     assert result.matmul_peak_gflops > 0 and 0 < result.peak_fraction

@@ -74,6 +74,7 @@ def test_thread_count_can_be_set(tmp_path):
     assert result["status"]["threads"] == 2
 
 
+@pytest.mark.slow
 def test_env_command_reports_it(capsys):
     from mlxsft.cli import main
 

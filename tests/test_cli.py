@@ -1,16 +1,34 @@
 """The command line as a user meets it: help on every command, data check output, and
 one-line errors (no traceback) with exit code 2 for every bad input."""
 
+import argparse
 import json
 import subprocess
 import sys
 
 import pytest
+from helpers.data import write_jsonl
+from helpers.tiny import build_tokenizer, save_model_dir
 
-from conftest import write_jsonl
-from mlxsft.cli import main
+from mlxsft.cli import build_parser, main
 
-COMMANDS = [[], ["train"], ["data"], ["data", "check"], ["eval"], ["env"]]
+
+def _commands(parser, prefix=()):
+    """Every command and subcommand of the parser, so a new one is covered without a list."""
+    yield list(prefix)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _commands(sub, (*prefix, name))
+
+
+COMMANDS = list(_commands(build_parser()))
+
+
+def test_the_command_list_is_complete():
+    assert {" ".join(c) for c in COMMANDS} >= {
+        "", "train", "data", "data check", "eval", "chat", "fuse", "export-adapter", "bench",
+        "env", "tui"}
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -19,6 +37,19 @@ def test_every_command_has_help(command, capsys):
         main(command + ["--help"])
     assert e.value.code == 0
     assert "usage: mlxsft" in capsys.readouterr().out
+
+
+def test_help_loads_no_heavy_library():
+    # The import rule (README, Contributing): --help must not wait for mlx, mlx_lm,
+    # transformers, numpy or textual.
+    code = ("import sys\nfrom mlxsft.cli import main\ntry:\n    main(['train', '--help'])\n"
+            "except SystemExit:\n    pass\n"
+            "heavy = {'mlx', 'mlx_lm', 'transformers', 'huggingface_hub', 'numpy', 'gguf', "
+            "'textual'}\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & heavy))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_train_help_states_the_lora_scale_convention(capsys):
@@ -140,6 +171,7 @@ def test_hub_id_offline_says_how_to_get_it(tmp_path, capsys, monkeypatch):
     assert "hf download some-org/some-model" in err
 
 
+@pytest.mark.slow
 def test_eval_base_vs_tuned(tiny_llama, tiny_data, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", str(tiny_data), "--model", str(tiny_llama), "--out", str(out),
@@ -155,7 +187,6 @@ def test_eval_base_vs_tuned(tiny_llama, tiny_data, tmp_path, capsys):
 
 
 def test_adapter_that_does_not_fit_its_base(tiny_llama, tiny_data, tmp_path, capsys):
-    from tiny import save_model_dir
 
     out = tmp_path / "run"
     assert main(["train", str(tiny_data), "--model", str(tiny_llama), "--out", str(out),
@@ -170,7 +201,6 @@ def test_adapter_that_does_not_fit_its_base(tiny_llama, tiny_data, tmp_path, cap
 
 def test_data_check_reports_content_the_template_drops(tmp_path, capsys):
     # Like Mistral v0.3's template, which leaves out the system prompt of some records.
-    from tiny import build_tokenizer, save_model_dir
 
     template = ("{% for m in messages %}{% if m.role != 'system' %}<|im_start|>{{ m.role }}\n"
                 "{{ m.content }}<|im_end|>\n{% endif %}{% endfor %}"

@@ -4,6 +4,7 @@ exit code 2, no traceback, and nothing left behind (found by a CLI audit)."""
 import shutil
 
 import pytest
+from helpers.tiny import save_model_dir
 
 from mlxsft.cli import main
 
@@ -87,7 +88,6 @@ def test_damaged_adapter_files(run_dir, tiny_data, tmp_path, capsys):
 
 
 def test_resume_checks_model_and_optimizer(run_dir, tiny_data, tmp_path, capsys):
-    from tiny import save_model_dir
 
     capsys.readouterr()
     other = save_model_dir(tmp_path / "narrow", hidden_size=32, intermediate_size=64)

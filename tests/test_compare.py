@@ -2,7 +2,7 @@
 
 import json
 
-from conftest import write_jsonl
+from helpers.data import write_jsonl
 from mlxsft.cli import main
 
 

@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from conftest import write_jsonl
+from helpers.data import write_jsonl
 from mlxsft.cli import main
 from mlxsft.curation import dedupe, near_duplicate_pairs, shingles, jaccard
 from mlxsft.data import parse_record, read_records

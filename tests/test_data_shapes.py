@@ -7,9 +7,10 @@ import json
 
 import pytest
 
+from helpers.masks import supervised_text
+from helpers.tiny import build_template_tokenizer, build_tokenizer
 from mlxsft.data import DataError, DataOptions, RecordKeys, parse_record, read_records
 from mlxsft.masking import Masker, MaskingError
-from tiny import build_template_tokenizer
 
 MESSAGES = [{"role": "system", "content": "Be brief."},
             {"role": "user", "content": "What is the capital of France?"},
@@ -25,10 +26,6 @@ def tok():
 
 def encode(tok, obj, mode="assistant", keys=None):
     return Masker(tok, mode).encode(parse_record(obj, "d.jsonl", 1, keys))
-
-
-def supervised_text(tok, item):
-    return tok.decode([t for t, m in zip(item.tokens, item.loss_mask) if m])
 
 
 @pytest.mark.parametrize("mode", ["assistant", "last", "all"])
@@ -88,7 +85,6 @@ def test_openai_tool_calls_with_record_tools_are_rendered_and_supervised():
         "{% for c in m.tool_calls or [] %}{{ '<tool_call>' + c.function.name + '</tool_call>' }}{% endfor %}"
         "{{ '<|im_end|>\n' }}{% endfor %}"
         "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
-    from tiny import build_tokenizer
 
     tok = build_tokenizer(["<|im_start|>", "<|im_end|>"], template, eos="<|im_end|>")
     obj = {"messages": [{"role": "user", "content": "Weather in Paris?"},

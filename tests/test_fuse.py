@@ -9,6 +9,7 @@ import shutil
 import mlx.core as mx
 import numpy as np
 import pytest
+from helpers.tiny import save_model_dir
 from safetensors.numpy import load_file
 
 from mlxsft.errors import UserError
@@ -138,8 +139,8 @@ def unpack_affine(packed, scales, biases, group_size, bits):
     return (groups * scales[..., None] + biases[..., None]).reshape(q.shape)
 
 
+@pytest.mark.slow
 def test_a_quantized_base_is_dequantized_and_fused_in_float16(tiny_data, tmp_path):
-    from tiny import save_model_dir
 
     from mlxsft.export.fuse import fuse
 
@@ -207,7 +208,6 @@ def test_requantized_export_says_how_much_tuning_it_lost(tiny_llama, tiny_data, 
 ])
 def test_a_mismatched_base_is_one_line_and_writes_nothing(adapter, tmp_path, overrides,
                                                            message):
-    from tiny import save_model_dir
 
     from mlxsft.export.fuse import fuse
 
@@ -308,7 +308,6 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(adapter, tmp_path, monkeypat
 def test_float16_scales_are_dequantized_exactly(tiny_data, tmp_path):
     """mx.dequantize computes in the scales' dtype: float16 scales (as in real quantized
     models and GGUF Q4_1/Q8_0) must be widened first, or each weight is rounded to float16."""
-    from tiny import save_model_dir
 
     from mlxsft.export.fuse import fuse
 

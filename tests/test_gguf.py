@@ -20,10 +20,11 @@ from mlx.utils import tree_flatten
 gguf = pytest.importorskip("gguf")
 from gguf import GGMLQuantizationType as T  # noqa: E402
 from gguf import GGUFWriter, quants  # noqa: E402
+from helpers.chat_templates import CHATML
+from helpers.tiny import corpus
 
 from mlxsft.errors import UserError  # noqa: E402
-from mlxsft.gguf.reader import (GGML_TYPES, gguf_summary, is_gguf, load_gguf,  # noqa: E402
-                         load_gguf_tokenizer)
+from mlxsft.gguf.reader import GGML_TYPES, gguf_summary, is_gguf, load_gguf, load_gguf_tokenizer  # noqa: E402
 
 CONFIG = {"hidden_size": 64, "num_hidden_layers": 2, "intermediate_size": 128,
           "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-5,
@@ -42,10 +43,7 @@ LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,
 
 # -- a tiny HF tokenizer, laid out as each family's tokenizer.json is ----------------------
 def hf_tokenizer(pre="gpt-2"):
-    from chat_templates import CHATML
-    from tiny import corpus
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
-    from tokenizers import trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=pre != "llama-bpe")
@@ -219,14 +217,19 @@ def test_quantized_weights_stay_quantized(tmp_path, chatml, types, bits):
     np.testing.assert_allclose(np.array(loaded(x)), ref, atol=2e-5, rtol=1e-5)
 
 
-def test_bf16_beyond_float16_range_is_refused(tmp_path, chatml):
+def test_bf16_beyond_float16_range_is_refused_in_a_float16_model(tmp_path, chatml):
     model, config = tiny_model(vocab_size=len(chatml))
     down = model.model.layers[1].mlp.down_proj
     down.weight = mx.where(mx.arange(down.weight.shape[1]) == 3, 1e6, down.weight)
-    path = write_gguf(tmp_path / "b.gguf", model, config, chatml, ("BF16", "BF16"))
+    path = write_gguf(tmp_path / "b.gguf", model, config, chatml, ("BF16", "F16"))
     with pytest.raises(UserError, match=r"BF16 tensor blk\.1\.ffn_down\.weight has values "
-                       "beyond float16's range"):
+                       "beyond mlx.core.float16's range"):
         load_gguf(path)
+    # An all-BF16 file stays bfloat16, which holds them.
+    path = write_gguf(tmp_path / "a.gguf", model, config, chatml, ("BF16", "BF16"))
+    loaded, _, _ = load_gguf(path)
+    got = loaded.model.layers[1].mlp.down_proj.weight
+    assert got.dtype == mx.bfloat16 and got[:, 3].astype(mx.float32).max().item() == 999424.0
 
 
 def test_config_and_weights_save_as_an_mlx_lm_model_directory(tmp_path, chatml):
@@ -334,11 +337,11 @@ def minimal_gguf(path, arch="llama", tokenizer="gpt2", tensor_type=T.F32, pre="g
     return path
 
 
-@pytest.mark.parametrize("kind", [T.Q4_K, T.Q6_K, T.Q5_0, T.IQ4_XS])
+@pytest.mark.parametrize("kind", [T.Q8_K, T.Q8_1])
 def test_unsupported_tensor_type_names_the_tensor_and_what_to_do(tmp_path, kind):
     path = minimal_gguf(tmp_path / "k.gguf", tensor_type=kind)
     message = (rf"k\.gguf: tensor blk\.0\.ffn_down\.weight is {kind.name}, .*re-export the "
-               "GGUF as Q8_0, Q4_0 or F16")
+               "GGUF as Q4_K_M, Q8_0 or F16")
     with pytest.raises(UserError, match=message):
         load_gguf(path)
     summary = gguf_summary(path)
@@ -349,8 +352,8 @@ def test_unsupported_tensor_type_names_the_tensor_and_what_to_do(tmp_path, kind)
 def test_unsupported_architecture_and_tokenizer(tmp_path):
     with pytest.raises(UserError, match=r"a\.gguf: architecture 'gpt2' is not supported"):
         load_gguf(minimal_gguf(tmp_path / "a.gguf", arch="gpt2"))
-    with pytest.raises(UserError, match=r"s\.gguf: the tokenizer is a SentencePiece vocabulary"):
-        load_gguf_tokenizer(minimal_gguf(tmp_path / "s.gguf", tokenizer="llama"))
+    with pytest.raises(UserError, match=r"s\.gguf: the tokenizer is 'bert'; mlxsft reads"):
+        load_gguf_tokenizer(minimal_gguf(tmp_path / "s.gguf", tokenizer="bert"))
     with pytest.raises(UserError, match=r"p\.gguf: pre-tokenizer 'tekken' is not one of"):
         load_gguf(minimal_gguf(tmp_path / "p.gguf", pre="tekken"))
 
@@ -414,3 +417,176 @@ def test_smollm2_gguf_answers_and_predicts_text():
         return nn.losses.cross_entropy(model(x[:, :-1]), x[:, 1:], reduction="mean").item()
 
     assert loss(ids) < 3 and loss(shuffled) > 6
+
+
+# -- storage the user cannot write --------------------------------------------------------
+READ_ONLY_LOAD = """
+import sys
+import mlx.core as mx
+path = sys.argv[1]
+try:
+    mx.load(path)  # opens the file O_RDWR|O_APPEND: the read-only mount must refuse it
+except Exception:
+    pass
+else:
+    sys.exit("mx.load read the file: the mount is not read-only, the test proves nothing")
+from mlxsft.gguf.reader import load_gguf
+model, tok, config = load_gguf(path)
+print(config["quantization"]["bits"], tok("hello")["input_ids"])
+"""
+
+
+def test_a_gguf_on_read_only_storage_loads(tmp_path, chatml):
+    """Root ignores permission bits, so the file sits on a read-only bind mount, made in a
+    private mount namespace (`unshare --mount`) that ends with the subprocess."""
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare(1) to make a read-only mount")
+    model, config = tiny_model(vocab_size=len(chatml))
+    store = tmp_path / "store"
+    store.mkdir()
+    path = write_gguf(store / "m.gguf", model, config, chatml, ("Q4_1", "Q8_0"))
+    script = tmp_path / "load.py"
+    script.write_text(READ_ONLY_LOAD)
+    mount = (f"mount --bind {store} {store} && mount -o remount,ro,bind {store} && "
+             f"exec {sys.executable} {script} {path}")
+    run = subprocess.run(["unshare", "--mount", "sh", "-c", mount], capture_output=True,
+                         text=True, timeout=180)
+    if run.returncode != 0 and ("mount" in run.stderr or "unshare" in run.stderr) and \
+            "Traceback" not in run.stderr:
+        pytest.skip(f"cannot make a read-only mount here: {run.stderr.strip()[-200:]}")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split()[0] == "4"
+    assert run.stdout.strip().endswith(str(chatml("hello")["input_ids"]))
+
+
+# -- SentencePiece vocabularies (Llama 2, Mistral 7B, Phi-3) -------------------------------
+def sentencepiece_tokenizer():
+    """Laid out as Llama 2's tokenizer.json: BPE with byte fallback over a "▁"-prefixed
+    text, <unk> <s> </s> and the 256 byte tokens first, BOS added."""
+    from helpers.tiny import corpus
+    from tokenizers import Tokenizer, decoders, models, normalizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"),
+                                           normalizers.Replace(" ", "\u2581")])
+    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(),
+                                     decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    specials = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
+    tok.train_from_iterator(corpus() + STRINGS, trainers.BpeTrainer(
+        vocab_size=700, special_tokens=specials, show_progress=False))
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A",
+                                                       special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                   unk_token="<unk>", clean_up_tokenization_spaces=False)
+
+
+def test_sentencepiece_tokenizer_gives_the_original_ids(tmp_path):
+    hf = sentencepiece_tokenizer()
+    tokens = [t for t, _ in sorted(hf.get_vocab().items(), key=lambda kv: kv[1])]
+    w = GGUFWriter(str(tmp_path / "spm.gguf"), "llama")
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    # convert_hf_to_gguf.py takes SentencePiece's scores; for a BPE-trained model the merge
+    # order (later tokens are later merges) is the score order.
+    w.add_token_scores([-float(i) for i in range(len(tokens))])
+    w.add_token_types([3 if t in ("<s>", "</s>") else 2 if t == "<unk>" else
+                       6 if t.startswith("<0x") else 1 for t in tokens])
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+    w.add_tensor("blk.0.ffn_down.weight", np.zeros((4, 32), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    got = load_gguf_tokenizer(tmp_path / "spm.gguf")
+    for text in STRINGS + ["  two leading spaces", "x\n\n  y"]:
+        want = hf(text)["input_ids"]
+        assert got(text)["input_ids"] == want, text
+        assert want[0] == 1 and 0 not in want  # BOS; byte fallback, never <unk>
+        assert got.decode(want, skip_special_tokens=True) == text
+
+
+# -- more families: phi3, gemma, gemma2, gemma3 --------------------------------------------
+FAMILY_NAMES = {  # mlx-lm module -> GGUF tensor, as llama.cpp's converter names them
+    "self_attn.qkv_proj": "attn_qkv", "mlp.gate_up_proj": "ffn_up",
+    "pre_feedforward_layernorm": "ffn_norm", "post_feedforward_layernorm": "post_ffw_norm",
+    "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
+}
+
+
+def family_gguf(path, arch, model, config, hf):
+    """As convert_hf_to_gguf.py writes these families: their tensor names, Gemma's norms
+    stored + 1, the hyper-parameters llama.cpp reads."""
+    import re
+
+    gguf_arch = {"gemma3_text": "gemma3"}.get(arch, arch)
+    w = GGUFWriter(str(path), gguf_arch)
+    w.add_context_length(512)
+    w.add_embedding_length(config["hidden_size"])
+    w.add_block_count(config["num_hidden_layers"])
+    w.add_feed_forward_length(config["intermediate_size"])
+    w.add_head_count(config["num_attention_heads"])
+    w.add_head_count_kv(config["num_key_value_heads"])
+    w.add_layer_norm_rms_eps(config["rms_norm_eps"])
+    w.add_rope_freq_base(config["rope_theta"])
+    if "head_dim" in config:
+        w.add_key_length(config["head_dim"])
+        w.add_value_length(config["head_dim"])
+    if arch == "gemma2":
+        w.add_float32("gemma2.attn_logit_softcapping", config["attn_logit_softcapping"])
+        w.add_float32("gemma2.final_logit_softcapping", config["final_logit_softcapping"])
+    if arch == "gemma3_text":
+        w.add_uint32("gemma3.attention.sliding_window", config["sliding_window"])
+    write_tokenizer(w, hf, "gpt-2")
+    gemma = arch.startswith("gemma")
+    post_attention = "post_attention_norm" if arch in ("gemma2", "gemma3_text") else "ffn_norm"
+    for name, value in tree_flatten(model.parameters()):
+        x = np.array(value, dtype=np.float32)
+        if gemma and name.endswith("norm.weight"):
+            x = x + 1
+        if m := re.fullmatch(r"model\.layers\.(\d+)\.(.+)\.(weight|bias)", name):
+            module = {"post_attention_layernorm": post_attention}.get(m[2]) or \
+                FAMILY_NAMES.get(m[2])
+            if module is None:
+                from mlx_lm.gguf import translate_weight_names
+
+                gguf_name = translate_weight_names(name)
+            else:
+                gguf_name = f"blk.{m[1]}.{module}.{m[3]}"
+        else:
+            gguf_name = {"model.embed_tokens.weight": "token_embd.weight",
+                         "model.norm.weight": "output_norm.weight",
+                         "lm_head.weight": "output.weight"}[name]
+        w.add_tensor(gguf_name, x)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.mark.parametrize("arch, extra", [
+    ("phi3", {"tie_word_embeddings": False}),
+    ("gemma", {"head_dim": 16}),
+    ("gemma2", {"head_dim": 16, "query_pre_attn_scalar": 16, "attn_logit_softcapping": 50.0,
+                "final_logit_softcapping": 30.0}),
+    ("gemma3_text", {"head_dim": 16, "query_pre_attn_scalar": 16, "sliding_window": 8,
+                     "num_hidden_layers": 6,  # mlx-lm needs a whole sliding-window pattern
+                     "sliding_window_pattern": 6, "rope_local_base_freq": 10000.0}),
+])
+def test_phi3_and_gemma_families_give_the_original_logits(tmp_path, chatml, arch, extra):
+    model, config = tiny_model(arch, vocab_size=len(chatml), **extra)
+    if arch.startswith("gemma"):  # random norms, so that the stored + 1 matters
+        for layer in model.model.layers:
+            layer.input_layernorm.weight = mx.random.normal(layer.input_layernorm.weight.shape)
+    path = family_gguf(tmp_path / f"{arch}.gguf", arch, model, config, chatml)
+    loaded, _, got = load_gguf(path, dequantize=True)
+    assert got["model_type"] == arch
+    x = tokens(len(chatml))
+    np.testing.assert_allclose(np.array(loaded(x)), np.array(model(x)), atol=2e-4, rtol=1e-4)

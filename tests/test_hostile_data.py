@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from mlxsft.data import DataError, read_records
 from mlxsft.masking import Masker, MaskingError, encode_records
-from tiny import build_template_tokenizer
+from helpers.tiny import build_template_tokenizer
 
 HOSTILE = [
     ('{"text": "\\ud800"}', "a string holds a lone surrogate (\\ud800)"),

@@ -6,7 +6,7 @@ import pytest
 from mlxsft import masking
 from mlxsft.data import parse_record
 from mlxsft.masking import CHARS_PER_TOKEN_BOUND, Masker
-from tiny import build_template_tokenizer
+from helpers.tiny import build_template_tokenizer
 
 STORY = "The farmer said: hello world, what a good day! Then 42 people came to see why. "
 

@@ -1,15 +1,21 @@
-"""Loss masks: exact supervised tokens for every template format and mode."""
+"""Loss masks on the chat formats of real model families: exactly the replies and their
+end-of-turn tokens are supervised, in every mask mode; records that cannot be masked
+fail with their file:line; truncation and records left with nothing to learn are counted.
+(Templates that rewrite turns: test_masking_rewriting_templates.py; tokenizers that merge
+across a boundary: test_masking_boundaries.py; how the end-of-turn token is written:
+test_masking_end_of_turn.py.)"""
 
 import functools
 
 import pytest
+from helpers.chat_templates import TEMPLATES
+from helpers.masks import chat, masked_text, supervised_text
+from helpers.tiny import build_template_tokenizer, build_tokenizer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chat_templates import REWRITING, TEMPLATES
 from mlxsft.data import Record
 from mlxsft.masking import DEFAULT_CHAT_TEMPLATE, Masker, MaskingError, encode_records
-from tiny import build_template_tokenizer, build_tokenizer
 
 CONVERSATION = [
     {"role": "system", "content": "Be brief."},
@@ -25,18 +31,6 @@ NO_SYSTEM = {"gemma", "mistral"}
 @functools.lru_cache(maxsize=None)
 def tokenizer(name):
     return build_template_tokenizer(name)
-
-
-def supervised_text(tok, item):
-    return tok.decode([t for t, m in zip(item.tokens, item.loss_mask) if m])
-
-
-def masked_text(tok, item):
-    return tok.decode([t for t, m in zip(item.tokens, item.loss_mask) if not m])
-
-
-def chat(messages, line=1):
-    return Record("data.jsonl", line, "chat", messages)
 
 
 @pytest.mark.parametrize("name", sorted(TEMPLATES))
@@ -94,41 +88,6 @@ def test_plain_text_is_all_supervised_and_ends_with_eos():
     assert item.tokens[-1] == tok.eos_token_id
     assert item.loss_mask == [0] + [1] * (len(item.tokens) - 1)
     assert tok.decode(item.tokens) == "hello world<|eot_id|>"
-
-
-def test_tokenizer_merging_across_the_boundary_falls_back_to_segments():
-    # "Assistant: " ends with a space that a byte-level BPE joins to the answer's first
-    # word (" capital" is one token), so no token boundary falls where the response starts.
-    template = ("{% for m in messages %}{% if m.role == 'user' %}{{ 'User: ' + m.content + '\n' }}"
-                "{% else %}{{ 'Assistant: ' + m.content + eos_token + '\n' }}{% endif %}{% endfor %}"
-                "{% if add_generation_prompt %}{{ 'Assistant: ' }}{% endif %}")
-    tok = build_tokenizer(["</s>"], template, eos="</s>")
-    messages = [{"role": "user", "content": "Paris"}, {"role": "assistant", "content": "capital"}]
-    full = "User: Paris\nAssistant: capital</s>\n"
-    assert "Ġcapital" in tok.convert_ids_to_tokens(tok(full)["input_ids"])
-    item = Masker(tok).encode(chat(messages))
-    assert item.method == "segments"
-    assert supervised_text(tok, item) == "capital</s>"
-    assert tok.decode(item.tokens) == full
-
-
-def test_template_rewriting_history_is_masked_as_rendered():
-    tok = build_template_tokenizer("chatml")
-    tok.chat_template = REWRITING
-    messages = [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "<think>x</think> a1"},
-                {"role": "user", "content": "q2"}, {"role": "assistant", "content": "a2"}]
-    # The earlier reply is supervised as the template renders it, reasoning cut.
-    item = Masker(tok).encode(chat(messages))
-    assert item.method == "search"
-    assert supervised_text(tok, item) == "a1<|im_end|>a2<|im_end|>"
-    # Only the last turn is needed in 'last' mode, and that one is exact.
-    item = Masker(tok, "last").encode(chat(messages))
-    assert supervised_text(tok, item) == "a2<|im_end|>"
-    # A rewritten turn whose content still appears verbatim is found by search.
-    plain = [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"},
-             {"role": "user", "content": "q2"}, {"role": "assistant", "content": "<think>x</think> a2"}]
-    item = Masker(tok).encode(chat(plain))
-    assert supervised_text(tok, item) == "a1<|im_end|><think>x</think> a2<|im_end|>"
 
 
 def test_template_error_names_the_record():

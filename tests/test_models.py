@@ -6,6 +6,7 @@ import json
 import mlx.core as mx
 import mlx.nn as nn
 import pytest
+from helpers.tiny import save_model_dir
 from mlx.utils import tree_flatten
 
 from mlxsft import models
@@ -18,7 +19,6 @@ def quantized_layers(model):
 
 
 def test_mlx_quantized_directory_loads_quantized(tmp_path):
-    from tiny import save_model_dir
 
     q8 = save_model_dir(tmp_path / "q8", quantize_bits=8)
     loaded = load_model(str(q8))

@@ -6,13 +6,14 @@ import json
 
 import pytest
 
-from conftest import write_jsonl
+from helpers.data import write_jsonl
+from helpers.masks import supervised_text
 from mlxsft.data import parse_record
 from mlxsft.errors import UserError
 from mlxsft.masking import Masker
 from mlxsft.templates import (CHATML, TemplateChoice, apply_thinking, bake_kwargs, parse_kwarg,
                               resolve_template)
-from tiny import build_tokenizer
+from helpers.tiny import build_tokenizer
 
 # Trimmed from Qwen3's template: reasoning is shown only for assistant turns after the last
 # user message; enable_thinking=false writes an empty think block into the generation prompt.
@@ -44,10 +45,6 @@ def qwen_tok():
     return build_tokenizer(SPECIALS, QWEN3_LIKE, eos="<|im_end|>")
 
 
-def supervised(tok, item):
-    return tok.decode([t for t, m in zip(item.tokens, item.loss_mask) if m])
-
-
 def test_template_kwargs_are_baked_into_the_template(qwen_tok):
     messages = [{"role": "user", "content": "hi"}]
     plain = Masker(qwen_tok).render(messages, add_generation_prompt=True)
@@ -76,13 +73,13 @@ def test_thinking_modes_change_the_rendering_as_the_template_says(qwen_tok):
     record = parse_record({"messages": THOUGHTFUL}, "d.jsonl", 1)
     keep = Masker(qwen_tok).encode(record)
     # The template drops the first turn's reasoning (history) and keeps the last one's.
-    assert supervised(qwen_tok, keep) == ("4.<|im_end|><think>\nThree and three.\n</think>\n\n"
+    assert supervised_text(qwen_tok, keep) == ("4.<|im_end|><think>\nThree and three.\n</think>\n\n"
                                           "6.<|im_end|>")
     strip = Masker(qwen_tok, template=TemplateChoice(thinking="strip-history")).encode(record)
     assert (strip.tokens, strip.loss_mask) == (keep.tokens, keep.loss_mask)
     off = Masker(qwen_tok, template=TemplateChoice(thinking="off"))
     item = off.encode(record)
-    assert supervised(qwen_tok, item) == "4.<|im_end|>6.<|im_end|>"
+    assert supervised_text(qwen_tok, item) == "4.<|im_end|>6.<|im_end|>"
     assert "enable_thinking = false" in off.chat_template  # and inference thinks no more
     assert apply_thinking(THOUGHTFUL, "strip-history")[1]["content"] == "4."
     assert apply_thinking(THOUGHTFUL, "strip-history")[3] == THOUGHTFUL[3]

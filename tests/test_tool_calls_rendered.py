@@ -10,7 +10,7 @@ import pytest
 from mlxsft.data import parse_record
 from mlxsft.masking import Masker, MaskingError, encode_records
 from mlxsft.templates import TemplateChoice
-from tiny import build_template_tokenizer
+from helpers.tiny import build_template_tokenizer
 
 CALL = {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
 CONVERSATION = [{"role": "user", "content": "Weather in Paris?"},

@@ -6,8 +6,8 @@ import os
 import shutil
 
 import pytest
+from helpers.tiny import save_model_dir
 
-from conftest import write_jsonl
 from mlxsft import events as ev
 from mlxsft.rundir import read_metrics
 from mlxsft.cli import main
@@ -20,6 +20,7 @@ def run_events(**kw):
     return list(train(TrainConfig(**kw)))
 
 
+@pytest.mark.slow
 def test_thirty_steps_lower_the_loss_and_write_exactly_the_run_files(tiny_llama, tiny_data, tmp_path):
     out = tmp_path / "run"
     events = run_events(data=str(tiny_data), model=str(tiny_llama), out=str(out), iters=30,
@@ -82,7 +83,6 @@ def test_mlx_lm_loads_the_adapter_and_generates(tiny_llama, tiny_data, tmp_path)
 
 
 def test_quantized_base_qlora_and_qwen2(tmp_path, tiny_data):
-    from tiny import save_model_dir
 
     q4 = save_model_dir(tmp_path / "q4", quantize_bits=4)
     events = run_events(data=str(tiny_data), model=str(q4), out=str(tmp_path / "r1"), iters=4,

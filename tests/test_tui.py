@@ -11,12 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
-
-from conftest import write_jsonl
-from mlxsft import events as ev
+from helpers.data import write_jsonl
 from mlxsft.tui.app import QUEUED_NOTE, create_app
 from mlxsft.tui.chat_engine import EMPTY_NOTE
 from mlxsft.tui.messages import ChatUpdate, StepProgress, TrainDone, TrainEvent
+
+from mlxsft import events as ev
 
 pytest.importorskip("textual_plotext")
 
@@ -93,6 +93,7 @@ def fake_chat():
 
 
 # -- a real run on the tiny model ---------------------------------------------------
+@pytest.mark.slow
 def test_live_run_plots_steps_stops_with_an_adapter_and_compares(tiny_llama, tiny_data,
                                                                   tmp_path):
     out = tmp_path / "run"

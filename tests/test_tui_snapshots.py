@@ -10,9 +10,9 @@ import pytest
 
 pytest.importorskip("pytest_textual_snapshot")
 
-from test_tui import NARROW, WIDE, ask, fake_chat, fake_trainer, wait_for  # noqa: E402
-
+from helpers.data import write_jsonl
 from mlxsft.tui.app import create_app  # noqa: E402
+from test_tui import NARROW, WIDE, ask, fake_chat, fake_trainer, wait_for  # noqa: E402
 
 
 async def _finish_fake_run(pilot, prompt=None):
@@ -57,7 +57,6 @@ def test_snapshot_narrow_chat_tab(snap_compare, tmp_path, monkeypatch):
 
 
 def test_snapshot_data_view(snap_compare, tiny_llama, tmp_path, monkeypatch):
-    from conftest import write_jsonl
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data").mkdir()

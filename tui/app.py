@@ -29,11 +29,14 @@ from typing import Callable
 from textual import on, work
 from textual.app import App
 from textual.binding import Binding
+from textual.reactive import reactive
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Input, Tabs
 from textual.worker import get_current_worker
 
+# heavy: mlxsft.train (mlx, mlx_lm) is imported inside the methods that start a run, so the
+# app opens without waiting for it.
 from mlxsft import blas
 from mlxsft import events as ev
 from mlxsft.config import build_config
@@ -44,7 +47,7 @@ from mlxsft.rundir import find_runs
 from mlxsft.tui.chat_engine import ChatEngine, ChatRequest
 from mlxsft.tui.messages import ChatUpdate, DataChecked, DataFailed, StepProgress, TrainDone
 from mlxsft.tui.messages import TrainEvent
-from mlxsft.tui.runs import check_run_dir, describe, pick_adapter, read_events, run_settings
+from mlxsft.tui.runs import check_run_dir, pick_adapter, read_events, run_settings
 from mlxsft.tui.runs import saved_adapters
 from mlxsft.tui.screen import MainScreen
 from mlxsft.tui.widgets.checkpoints import AdapterChosen, CheckpointsView
@@ -60,6 +63,10 @@ QUEUED_NOTE = ("queued: a run is training; answered when it stops (ctrl+t stops 
 
 class MlxsftApp(App):
     """Fine-tune with live loss curves, and compare the base and tuned models."""
+
+    # Whether a run is training: set when a run is launched and when its worker returns;
+    # `watch_training` is the one place the widgets and keys follow it.
+    training: reactive[bool] = reactive(False, init=False)
 
     TITLE = "mlxsft"
     CSS_PATH = "app.tcss"
@@ -96,7 +103,6 @@ class MlxsftApp(App):
         self.poll_seconds = poll_seconds
         self.settings: dict = {}  # options from --config / the opened run beyond the form
         self.run_dir: Path | None = None
-        self.training = False
         self.stop_event = threading.Event()
         self.quit_after_run = False
         self.answer_during_training = False
@@ -252,12 +258,9 @@ class MlxsftApp(App):
         self._stop_polling()
         if self.view != "train":
             self.show_view("train")  # on a small terminal: leave Setup for the progress
-        self.training, self.answer_during_training = True, False
+        self.answer_during_training = False
         self.stop_event = threading.Event()
-        self.run_panel.set_running(True)
-        self.compare.set_status("a run is training: new prompts wait for it to stop "
-                                "(ctrl+n answers them now)")
-        self.refresh_bindings()
+        self.training = True
         self.train_worker(config, self.stop_event, resume_from, self.training_view.reports)
 
     @work(thread=True, exclusive=True, group="train", exit_on_error=False)
@@ -280,7 +283,7 @@ class MlxsftApp(App):
         event = message.event
         self.training_view.apply(event)
         self.checkpoints.apply(event)
-        for severity, line in describe(event):
+        for severity, line in ev.describe(event):
             self.event_log.add(severity, line)
         if isinstance(event, ev.RunStarted):
             self.run_dir = Path(event.run_dir)
@@ -292,17 +295,21 @@ class MlxsftApp(App):
         if isinstance(event, ev.Failed):
             self.notify(event.message, title="training failed", severity="error", timeout=10)
 
+    def watch_training(self, running: bool) -> None:
+        self.run_panel.running = running
+        self.compare.set_status("a run is training: new prompts wait for it to stop "
+                                "(ctrl+n answers them now)" if running else "")
+        self.refresh_bindings()
+
     def on_train_done(self, message: TrainDone) -> None:
         self.training = False
-        self.run_panel.set_running(False)
         if message.error:
             self.show_error(message.error)
         self.compare.set_adapters(saved_adapters(self.run_dir))
-        self.compare.set_status("")
         queued, self.queued = self.queued, []
         for request in queued:
             self._dispatch(*request)
-        self.refresh_bindings()
+        self.refresh_bindings()  # ctrl+n: nothing is queued any more
         if self.quit_after_run:
             self.exit()
 
@@ -361,7 +368,7 @@ class MlxsftApp(App):
             self.training_view.apply(*events)
             self.checkpoints.apply(*events)
             for event in events:
-                for severity, line in describe(event):
+                for severity, line in ev.describe(event):
                     self.event_log.add(severity, line)
             self._list_adapters()
         ended = self.training_view.finished is not None

@@ -19,29 +19,15 @@ import threading
 from dataclasses import dataclass
 from typing import Callable
 
+# heavy: the model loading and generation modules (mlx, mlx_lm) are imported inside the
+# functions the chat thread runs, so the app opens without waiting for them.
 from mlxsft.checkpoints import adapter_stamp  # the final adapter is replaced when a run ends
 from mlxsft.errors import UserError
 from mlxsft.mlx_thread import release_thread_state
-from mlxsft.tui.messages import ChatUpdate
+from mlxsft.tui.messages import Answers, ChatUpdate
 
 
 EMPTY_NOTE = "(no text: the model ended its turn at once)"
-
-
-@dataclass
-class _Answers:
-    """Both answers to one request so far (posted as a fresh `ChatUpdate` each time)."""
-
-    request_id: int
-    base_text: str = ""
-    tuned_text: str = ""
-    base_note: str = ""
-    tuned_note: str = ""
-    done: bool = False
-
-    def message(self) -> ChatUpdate:
-        return ChatUpdate(self.request_id, self.base_text, self.tuned_text, self.base_note,
-                          self.tuned_note, self.done)
 
 
 @dataclass
@@ -123,9 +109,15 @@ class ChatEngine:
         return self._cache[side][1]
 
     def answer(self, request: ChatRequest) -> None:
-        state = _Answers(request.request_id, base_note="loading the base model...",
-                         tuned_note="waiting for the base model...")
-        self.post(state.message())
+        state = Answers(base_note="loading the base model...",
+                        tuned_note="waiting for the base model...")
+
+        def post(done: bool = False) -> None:
+            # A fresh message each time: one already posted belongs to the UI thread.
+            self.post(ChatUpdate(**vars(state.answers()), request_id=request.request_id,
+                                 done=done))
+
+        post()
         messages = [{"role": "user", "content": request.prompt}]
         streams = {}
         try:
@@ -138,14 +130,14 @@ class ChatEngine:
             state.tuned_note = request.no_adapter_note
         else:
             state.tuned_note = f"loading {request.adapter_label or request.adapter_dir}..."
-            self.post(state.message())
+            post()
             try:
                 tuned = self._model("tuned", request.model, request.adapter_dir)
                 streams["tuned"] = iter(self.stream(tuned, messages, request.max_tokens))
                 state.tuned_note = "generating..."
             except Exception as e:
                 state.tuned_note = _error_text(e)
-        self.post(state.message())
+        post()
         # One piece from each side in turn: both columns grow together.
         while streams and not self._stopping():
             for side in list(streams):
@@ -153,15 +145,13 @@ class ChatEngine:
                     piece = next(streams[side])
                 except StopIteration:
                     del streams[side]
-                    empty = not getattr(state, f"{side}_text")
-                    setattr(state, f"{side}_note", EMPTY_NOTE if empty else "")
+                    state.set(side, note=EMPTY_NOTE if not state.text(side) else "")
                     continue
                 except Exception as e:
                     del streams[side]
-                    setattr(state, f"{side}_note", _error_text(e))
+                    state.set(side, note=_error_text(e))
                     continue
-                setattr(state, f"{side}_text", getattr(state, f"{side}_text") + piece)
-            self.post(state.message())
-        state.done = True
-        self.post(state.message())
+                state.set(side, text=state.text(side) + piece)
+            post()
+        post(done=True)
 

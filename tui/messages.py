@@ -42,14 +42,38 @@ class TrainDone(Message):
 
 
 @dataclass
-class ChatUpdate(Message):
-    """The answers to one prompt so far. `*_note` says what a column is doing."""
+class Answers:
+    """The Base and Tuned answers to one prompt so far: per side ("base", "tuned") the text
+    and a note saying what the column is doing ("generating...", an error). The chat engine
+    fills one, each `ChatUpdate` carries a copy, and the compare pane keeps one per prompt."""
 
-    request_id: int
     base_text: str = ""
     tuned_text: str = ""
     base_note: str = ""
     tuned_note: str = ""
+
+    def text(self, side: str) -> str:
+        return getattr(self, f"{side}_text")
+
+    def note(self, side: str) -> str:
+        return getattr(self, f"{side}_note")
+
+    def set(self, side: str, *, text: str | None = None, note: str | None = None) -> None:
+        if text is not None:
+            setattr(self, f"{side}_text", text)
+        if note is not None:
+            setattr(self, f"{side}_note", note)
+
+    def answers(self) -> Answers:
+        """A copy of just the answers (without what a subclass adds)."""
+        return Answers(self.base_text, self.tuned_text, self.base_note, self.tuned_note)
+
+
+@dataclass
+class ChatUpdate(Answers, Message):
+    """The answers to one prompt so far."""
+
+    request_id: int = 0
     done: bool = False
 
     def can_replace(self, message: Message) -> bool:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mlxsft.export.hf import hub_id
+from mlxsft.models import hub_id
 from mlxsft.provenance import public_data, public_name
 
 

@@ -4,11 +4,14 @@ W' = W + scale * B A for every LoRA layer (mlx-lm's `LoRALinear.fuse`; its lora_
 A^T [in, r] and lora_b is B^T [r, out], scale = alpha / rank). A quantized base is
 de-quantized first and every sum is taken in float32, then rounded once to the output
 dtype (the base's float dtype by default, float16 for a quantized base) and, on request,
-re-quantized (`quantize` bits: MLX affine for --format mlx, Q8_0 / Q4_1 for GGUF).
+re-quantized (`quantize`: 4 or 8 bits, MLX affine for --format mlx and Q4_1 / Q8_0 for
+GGUF; or for GGUF a llama.cpp scheme such as q4_k_m, or `same` as the source GGUF).
 
 Formats: "mlx" and "hf" write a Hugging Face model directory that `mlx_lm.load` opens;
 "hf" also promises transformers can (full precision, weight names checked against the
-base checkpoint's). "gguf" writes one llama.cpp file (`mlxsft.gguf.writer`).
+base checkpoint's). "gguf" writes one llama.cpp file (`mlxsft.gguf.writer`); "ollama"
+writes OUT/<name>.gguf and a Modelfile, "lmstudio" the GGUF where LM Studio finds it
+(`mlxsft.export.handoff`).
 
 Verification always runs: the files written are loaded back and run on a few held-out
 records (the run's validation data when adapter_config.json names it, else built-in
@@ -27,7 +30,8 @@ from mlxsft.errors import UserError
 from mlxsft.export.verify import (HeldOut, Verification, logits_on, release_model,
                                  response_loss, verify_written)
 
-FORMATS = ("mlx", "hf", "gguf")
+FORMATS = ("mlx", "hf", "gguf", "ollama", "lmstudio")
+GGUF_FORMATS = ("gguf", "ollama", "lmstudio")  # the ones that write a GGUF file
 DTYPES = ("float16", "bfloat16", "float32")
 @dataclass
 class FuseResult:
@@ -37,7 +41,7 @@ class FuseResult:
     format: str
     dtype: str
     quantization: str | None  # e.g. "4-bit (group size 64)" or "Q8_0"
-    bits: int | None
+    bits: int | str | None
     verification: Verification
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -116,14 +120,24 @@ def _same_base(adapter_dir: Path, adapter_config: dict, model: str) -> bool:
 
 # -- the command --------------------------------------------------------------------------
 def fuse(adapter: str | Path, out: str | Path, model: str | None = None, fmt: str = "mlx",
-         dtype: str | None = None, quantize: int | None = None) -> FuseResult:
-    """Fuse `adapter` into its base (or `model`), write OUT in `fmt`, verify, report."""
+         dtype: str | None = None, quantize: int | str | None = None,
+         lmstudio_dir: str | Path | None = None) -> FuseResult:
+    """Fuse `adapter` into its base (or `model`), write OUT in `fmt`, verify, report.
+    For "lmstudio", OUT is the model's name (`publisher/name` or `name`)."""
     from mlxsft.checkpoints import read_adapter_config
     from mlxsft.export.staging import check_free_space, check_out_free, check_out_writable, staged
+    from mlxsft.gguf.schemes import parse_quantize
     from mlxsft.templates import use_adapter_template
 
     adapter_dir, out = Path(adapter), Path(out)
+    if fmt in FORMATS:
+        quantize = parse_quantize(quantize, "gguf" if fmt in GGUF_FORMATS else fmt)
     _check_options(fmt, dtype, quantize)
+    if fmt == "lmstudio":
+        from mlxsft.export.handoff import lmstudio_path
+
+        out = lmstudio_path(str(out), lmstudio_dir)
+        out.parent.mkdir(parents=True, exist_ok=True)
     check_out_free(out)
     check_out_writable(out)
     adapter_config = read_adapter_config(adapter_dir)
@@ -134,35 +148,60 @@ def fuse(adapter: str | Path, out: str | Path, model: str | None = None, fmt: st
     out_dtype = dtype or stored_float_dtype(loaded)
     held_out = HeldOut.of(adapter_dir, adapter_config, loaded.tokenizer)
     notes += held_out.notes
-    tokenizer_md = None
-    if fmt == "gguf":  # refused here (architecture, tokenizer) rather than after the work
+    tokenizer_md, source = None, {}
+    if fmt in GGUF_FORMATS:  # refused here (architecture, tokenizer) rather than after work
         from mlxsft.gguf.writer import gguf_architecture, tokenizer_metadata
 
         gguf_architecture(loaded.config)
-        tokenizer_md = tokenizer_metadata(loaded, held_out.texts())
+        tokenizer_md = {**tokenizer_metadata(loaded, held_out.texts()),
+                        **_end_of_turn_metadata(held_out.masker, loaded.tokenizer)}
+        source = _source_types(loaded, quantize)
     reference = _base_and_tuned(loaded, adapter_dir, held_out)
     config, quantization = _fuse_weights(loaded, out_dtype, fmt, quantize)
     notes += _check_names(loaded, fmt, quantize)
     check_free_space(out, _written_bytes(loaded.model, out_dtype, fmt, quantize))
 
-    with staged(out, single_file=fmt == "gguf") as target:
-        if fmt == "gguf":
-            from mlxsft.gguf.writer import FLOAT_TYPES, write_gguf
+    with staged(out, single_file=fmt in ("gguf", "lmstudio")) as target:
+        written = target
+        if fmt in GGUF_FORMATS:
+            from mlxsft.gguf.writer import GGUF_TYPE_OF_DTYPE, write_gguf
 
-            write_gguf(target, loaded.model, config, tokenizer_md, FLOAT_TYPES[out_dtype],
-                       quantization, name=out.stem)
+            if fmt == "ollama":
+                written = target / f"{out.name}.gguf"
+            write_gguf(written, loaded.model, config, tokenizer_md, GGUF_TYPE_OF_DTYPE[out_dtype],
+                       quantize if isinstance(quantize, str) else quantization,
+                       name=out.stem, notes=notes, **source)
+            if fmt == "ollama":
+                from mlxsft.export.handoff import modelfile, ollama_create_command
+
+                (target / "Modelfile").write_text(modelfile(written.name, loaded.tokenizer))
+                notes.append(f"to run it: {ollama_create_command(out, out.name.lower())} && "
+                             f"ollama run {out.name.lower()}")
         else:
             from mlxsft.export.hf import write_model_dir
 
             write_model_dir(target, loaded.model, loaded.tokenizer, config, loaded.path)
         release_model(loaded)  # the written files are what gets verified
         result = FuseResult(adapter_dir, loaded.source, out, fmt, out_dtype, quantization,
-                            quantize, verify_written(target, held_out, *reference), notes)
+                            quantize, verify_written(written, held_out, *reference), notes)
         _check_finite(result)  # a NaN model is never published: nothing appears at OUT
         result.warnings = _warnings(result)
-        if fmt != "gguf":
+        if fmt in ("mlx", "hf"):
             (target / "README.md").write_text(_card(result, adapter_config))
     return result
+
+
+def _end_of_turn_metadata(masker, tokenizer) -> dict:
+    """tokenizer.ggml.eot_token_id: the token the chat template ends a reply with, when it
+    is not EOS (Llama 3's <|eot_id|>, Gemma's <end_of_turn>): llama.cpp stops on it."""
+    from mlxsft.masking import hf_tokenizer
+
+    tok = hf_tokenizer(tokenizer)
+    eot = masker.end_of_turn
+    if eot is None or eot == tok.eos_token:
+        return {}
+    token_id = tok.convert_tokens_to_ids(eot)
+    return {"tokenizer.ggml.eot_token_id": token_id} if isinstance(token_id, int) else {}
 
 
 def _written_bytes(model, out_dtype: str, fmt: str, quantize: int | None) -> int:
@@ -170,8 +209,11 @@ def _written_bytes(model, out_dtype: str, fmt: str, quantize: int | None) -> int
     from mlx.utils import tree_flatten
 
     params = tree_flatten(model.parameters())
-    if fmt == "gguf":
-        per_weight = {None: 4 if out_dtype == "float32" else 2, 8: 34 / 32, 4: 20 / 32}[quantize]
+    if fmt in GGUF_FORMATS:
+        per_weight = {None: 4 if out_dtype == "float32" else 2, 8: 34 / 32, 4: 20 / 32,
+                      "q4_k_m": 0.65, "q4_k_s": 0.6, "q5_k_m": 0.75, "q5_k_s": 0.7,
+                      "q6_k": 210 / 256, "q4_0": 18 / 32, "q4_1": 20 / 32, "q5_0": 22 / 32,
+                      "q5_1": 24 / 32}.get(quantize, 34 / 32)  # same: at most Q8_0's
         return int(sum(p.size for _, p in params) * per_weight)
     return sum(p.nbytes for _, p in params)
 
@@ -181,7 +223,7 @@ def _check_options(fmt: str, dtype: str | None, quantize: int | None) -> None:
         raise UserError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
     if dtype is not None and dtype not in DTYPES:
         raise UserError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
-    if quantize not in (None, 4, 8):
+    if quantize not in (None, 4, 8) and fmt not in GGUF_FORMATS:
         raise UserError(f"--quantize {quantize}: use 4 or 8")
     if fmt == "hf" and quantize:
         raise UserError("--quantize with --format hf: transformers cannot read MLX's quantized "
@@ -225,7 +267,7 @@ def _base_and_tuned(loaded, adapter_dir: Path, held_out: HeldOut):
 def _fuse_weights(loaded, out_dtype: str, fmt: str, quantize: int | None):
     """Fuse in place, MLX-quantize for --format mlx; (config to write, quantization label)."""
     from mlxsft.export.hf import hf_config
-    from mlxsft.gguf.writer import QUANT_TYPES
+    from mlxsft.gguf.writer import GGUF_TYPE_OF_BITS
     from mlxsft.models import quantize_model
 
     fuse_lora_layers(loaded.model, out_dtype)
@@ -234,7 +276,23 @@ def _fuse_weights(loaded, out_dtype: str, fmt: str, quantize: int | None):
         group_size = (loaded.quantization or {}).get("group_size", 64)
         loaded.model, config = quantize_model(loaded.model, config, quantize, group_size)
         return config, f"{quantize}-bit (group size {group_size})"
-    return config, QUANT_TYPES[quantize] if quantize else None
+    if isinstance(quantize, str):
+        return config, ("the source GGUF's types" if quantize == "same" else quantize.upper())
+    return config, GGUF_TYPE_OF_BITS[quantize] if quantize else None
+
+
+def _source_types(loaded, quantize) -> dict:
+    """For --quantize same: each tensor's type in the source GGUF, and its file type."""
+    if quantize != "same":
+        return {}
+    if loaded.kind != "gguf":
+        raise UserError("--quantize same: the base is not a GGUF file, so there are no "
+                        "source types to keep; name a scheme such as q4_k_m or q8_0")
+    from mlxsft.gguf.reader import read_gguf_header
+
+    header = read_gguf_header(loaded.path)
+    return {"source_types": {t.name: t.type_name for t in header.tensors},
+            "source_file_type": header.metadata.get("general.file_type")}
 
 
 def _check_names(loaded, fmt: str, quantize: int | None) -> list[str]:
@@ -244,7 +302,7 @@ def _check_names(loaded, fmt: str, quantize: int | None) -> list[str]:
 
     from mlxsft.export.hf import checkpoint_tensor_names, names_missing_from
 
-    if loaded.kind != "hf" or fmt == "gguf" or (quantize and fmt == "mlx"):
+    if loaded.kind != "hf" or fmt in GGUF_FORMATS or (quantize and fmt == "mlx"):
         return []
     names = [k for k, _ in tree_flatten(loaded.model.parameters())]
     missing = names_missing_from(names, checkpoint_tensor_names(loaded.path))

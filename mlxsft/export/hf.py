@@ -9,6 +9,10 @@ import json
 import shutil
 from pathlib import Path
 
+from mlx_lm.utils import save_config, save_model
+from safetensors import SafetensorError, safe_open
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
 from mlxsft.errors import UserError
 
 
@@ -17,7 +21,6 @@ def checkpoint_tensor_shapes(model_dir: str | Path) -> dict[str, list[int]] | No
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         return None
-    from safetensors import SafetensorError, safe_open
 
     shapes: dict[str, list[int]] = {}
     for path in sorted(model_dir.glob("*.safetensors")):
@@ -49,8 +52,6 @@ def hf_config(config: dict, dtype_name: str) -> dict:
     out = {k: v for k, v in config.items() if k not in ("quantization", "quantization_config")}
     out["torch_dtype"] = dtype_name
     if "architectures" not in out:
-        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
         if (cls := MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(out.get("model_type"))):
             out["architectures"] = [cls]
     return out
@@ -58,8 +59,6 @@ def hf_config(config: dict, dtype_name: str) -> dict:
 
 def write_model_dir(directory: Path, model, tokenizer, config: dict, base_path: Path) -> None:
     """Weights (sharded safetensors + index), config.json, tokenizer and chat template."""
-    from mlx_lm.utils import save_config, save_model
-
     save_model(directory, model)
     save_config(dict(config), directory / "config.json")
     tokenizer.save_pretrained(str(directory))
@@ -92,17 +91,5 @@ def make_tokenizer_portable(directory: Path) -> None:
     tmp = config_path.with_name(config_path.name + ".tmp")
     tmp.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     tmp.replace(config_path)
-
-
-def hub_id(base: str | None) -> str | None:
-    """The hub id a base name stands for (an alias or an org/name id), else None."""
-    from mlxsft.models import ALIASES
-
-    if not base:
-        return None
-    if base.lower() in ALIASES:
-        return ALIASES[base.lower()]
-    looks_local = base.startswith((".", "/", "~")) or base.endswith(".gguf") or Path(base).exists()
-    return base if base.count("/") == 1 and not looks_local else None
 
 

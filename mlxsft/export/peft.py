@@ -13,14 +13,17 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlxsft.adapters import check_finite
+import mlx.core as mx
+
+from mlxsft.adapters import base_mismatch, check_finite
 from mlxsft.provenance import local_base as local_base_of
 from mlxsft.provenance import public_name
 from mlxsft.checkpoints import ADAPTER_WEIGHTS, load_safetensors, read_adapter_config
 from mlxsft.errors import UserError
 from mlxsft.export.card import model_card
-from mlxsft.export.hf import checkpoint_tensor_names, checkpoint_tensor_shapes, hub_id, names_missing_from
+from mlxsft.export.hf import checkpoint_tensor_names, checkpoint_tensor_shapes, names_missing_from
 from mlxsft.export.staging import check_out_free, check_out_writable, staged
+from mlxsft.models import hub_id
 
 PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_CONFIG = "adapter_config.json"
@@ -106,12 +109,10 @@ def _check_base_fits(adapter_dir: Path, config: dict, base: Path, base_config: d
                      weights: dict) -> None:
     """The adapter against a local base: its config, then each LoRA matrix against the
     weight it adapts (headers only). One line naming both, before anything is written."""
+    why = base_mismatch(config, base_config, f"the base {base}")
+    if why:
+        raise UserError(f"--adapter {adapter_dir}: {why}; pass the adapter's base with --base")
     trained_on = f"trained on {config.get('base_model', 'unknown')}"
-    for key in ("model_type", "hidden_size", "num_hidden_layers"):
-        want, have = config.get(key), base_config.get(key)
-        if want is not None and have is not None and want != have:
-            raise UserError(f"--adapter {adapter_dir}: {trained_on} ({key} {want}), but the "
-                            f"base {base} has {key} {have}; pass the adapter's base with --base")
     shapes = checkpoint_tensor_shapes(base) or {}
     quantized = bool(base_config.get("quantization"))  # packed input widths: skip those
     for name, value in sorted(weights.items()):
@@ -143,8 +144,6 @@ class PeftExport:
 
 def export_peft(adapter: str | Path, out: str | Path, base: str | None = None) -> PeftExport:
     """Write OUT/adapter_model.safetensors + adapter_config.json (+ README.md) for PEFT."""
-    import mlx.core as mx
-
     adapter_dir = Path(adapter)
     config = read_adapter_config(adapter_dir)
     kind = config.get("fine_tune_type", "lora")

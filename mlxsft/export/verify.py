@@ -14,7 +14,17 @@ import gc
 from dataclasses import dataclass
 from pathlib import Path
 
+import mlx.core as mx
+import numpy as np
+
+from mlxsft.batching import pad_id
+from mlxsft.checkpoints import file_sha256
+from mlxsft.data import parse_record, read_jsonl
 from mlxsft.errors import UserError
+from mlxsft.evaluate import mean_nll
+from mlxsft.masking import Masker, encode_records
+from mlxsft.models import load_model, to_compute_precision
+from mlxsft.provenance import local_data_file
 
 MAX_RECORDS = 8  # held-out records verified: a few seconds even on a 1B model
 MAX_TOKENS = 256  # per record, for the loss
@@ -40,7 +50,6 @@ BUILTIN_CONVERSATIONS = [
 @dataclass
 class Verification:
     """The fused model (as written) against base + adapter on held-out records."""
-
     source: str  # where the records came from
     records: int
     supervised_tokens: int
@@ -70,7 +79,6 @@ class Verification:
 @dataclass
 class HeldOut:
     """The records verification runs on, tokenized and masked as training did."""
-
     records: list
     items: list  # Tokenized, with supervised tokens
     source: str
@@ -81,8 +89,6 @@ class HeldOut:
     def of(cls, adapter_dir: Path, adapter_config: dict, tokenizer,
            limit: int = MAX_RECORDS) -> HeldOut:
         """The run's validation split if it is still on disk, else built-in conversations."""
-        from mlxsft.masking import Masker, encode_records
-
         records, source, notes = _held_out_records(adapter_dir, adapter_config, limit)
         masker = Masker(tokenizer, adapter_config.get("mask", "assistant"), MAX_TOKENS)
         items = encode_records(masker, records, skip_invalid=True).items
@@ -97,10 +103,6 @@ class HeldOut:
 
 def _held_out_records(adapter_dir: Path, adapter_config: dict, limit: int):
     """(records, the file's name (it goes into the published card), notes)."""
-    from mlxsft.checkpoints import file_sha256
-    from mlxsft.data import parse_record, read_jsonl
-    from mlxsft.provenance import local_data_file
-
     notes = []
     for entry in adapter_config.get("data") or []:
         if entry.get("split") != "valid":
@@ -120,24 +122,14 @@ def _held_out_records(adapter_dir: Path, adapter_config: dict, limit: int):
     return records, "built-in prompts", notes
 
 
-def _pad_id(tokenizer) -> int:
-    pad = getattr(tokenizer, "pad_token_id", None)
-    return pad if pad is not None else 0
-
-
 def response_loss(model, items, tokenizer) -> float:
     """Mean NLL over the supervised tokens of `items`, as `mlxsft eval` computes it."""
-    from mlxsft.evaluate import mean_nll
-
-    return mean_nll(model, items, 4, MAX_TOKENS, _pad_id(tokenizer))[0]
+    return mean_nll(model, items, 4, MAX_TOKENS, pad_id(tokenizer))[0]
 
 
 def logits_on(model, items) -> list:
     """float32 logits (NumPy) of the first records' first tokens: enough positions to see a
     difference, few enough to hold one model's in memory while the next one loads."""
-    import mlx.core as mx
-    import numpy as np
-
     out = []
     for item in items[:LOGIT_RECORDS]:
         logits = model(mx.array(item.tokens[:LOGIT_TOKENS])[None]).astype(mx.float32)
@@ -146,8 +138,6 @@ def logits_on(model, items) -> list:
 
 
 def release_model(loaded) -> None:
-    import mlx.core as mx
-
     loaded.model = None
     gc.collect()
     mx.clear_cache()
@@ -163,9 +153,6 @@ def _max_abs_diff(tuned_logits: list, fused_logits: list) -> float:
 def verify_written(target: Path, held_out: HeldOut, loss_base: float, loss_tuned: float,
                    tuned_logits: list) -> Verification:
     """Load what was written, as a user would, and compare it with base + adapter."""
-    from mlxsft.masking import Masker, encode_records
-    from mlxsft.models import load_model, to_compute_precision
-
     written = load_model(str(target))
     to_compute_precision(written)
     written.model.eval()

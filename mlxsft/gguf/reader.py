@@ -1,15 +1,17 @@
 """Load a GGUF file (llama.cpp's format) as an mlx-lm model, its tokenizer and an HF-style config.
 
 The header is read here, so that a truncated download, an architecture we cannot build or
-a tensor type we cannot keep is named before any weight is read. `mx.load` reads the
-tensors: Q4_0, Q4_1 and Q8_0 arrive as MLX affine-quantized weights (group size 32, the
-same numbers llama.cpp computes with), F32/F16/BF16 as floats. They are renamed to
-mlx-lm's names, llama's q/k rows are put back in Hugging Face order, and the model is
-an `mlx_lm.models.<arch>.Model`. The tokenizer is rebuilt from the metadata with
-`tokenizers` (byte-level BPE vocabularies; the pre-tokenizer follows llama.cpp's table).
+a tensor type we cannot read is named before any weight is read. The tensors are read
+through a read-only memory map by `mlxsft.gguf.tensors` (never `mx.load`, which needs write
+access): Q4_0, Q4_1 and Q8_0 arrive as MLX affine-quantized weights (group size 32, the
+same numbers llama.cpp computes with), F32/F16/BF16 as floats, and K-quants, Q5_0/Q5_1
+and IQ types de-quantized with the `gguf` package and re-quantized to MLX affine 4 or 8
+bits (or kept float on request), which the load notes say. They are renamed to mlx-lm's
+names, llama's q/k rows are put back in Hugging Face order, and the model is an
+`mlx_lm.models.<arch>.Model`. The tokenizer is rebuilt from the metadata with `tokenizers`
+(byte-level BPE vocabularies; the pre-tokenizer follows llama.cpp's table).
 
-It does not read K-quants or i-quants (MLX turns some into float16 on load, and its Q4_K
-values disagree with llama.cpp's reference dequantization), SentencePiece vocabularies,
+It does not read SentencePiece vocabularies, types the `gguf` package cannot de-quantize,
 or architectures other than those in `ARCHITECTURES`; each of those is a `UserError`
 that says what to use instead. Writing GGUF is `mlxsft.gguf.writer`.
 """
@@ -26,6 +28,7 @@ from math import prod
 from pathlib import Path
 
 from mlxsft.errors import UserError
+from mlxsft.gguf.tensors import FLOAT_TYPES, GROUP_SIZE, NATIVE_TYPES  # noqa: F401
 from mlxsft.gguf.tokenizer import PRE_TOKENIZERS, build_tokenizer, tokenizer_problem  # noqa: F401
 
 GGUF_MAGIC = b"GGUF"
@@ -42,10 +45,7 @@ GGML_TYPES = {
     26: ("I32", 1, 4), 27: ("I64", 1, 8), 28: ("F64", 1, 8), 29: ("IQ1_M", 256, 56),
     30: ("BF16", 1, 2), 34: ("TQ1_0", 256, 54), 35: ("TQ2_0", 256, 66), 39: ("MXFP4", 32, 17),
 }
-# The types MLX represents faithfully: quantized ones as affine (packed, scales, biases).
-QUANTIZED_TYPES = {"Q4_0": 4, "Q4_1": 4, "Q8_0": 8}
-FLOAT_TYPES = {"F32", "F16", "BF16"}
-GROUP_SIZE = 32  # every ggml block type MLX keeps quantized has 32 weights per block
+QUANTIZED_TYPES = NATIVE_TYPES  # the name earlier callers used
 
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
             10: "<Q", 11: "<q", 12: "<d"}
@@ -209,14 +209,27 @@ def gguf_summary(path) -> dict:
 class Architecture:
     module: str  # mlx_lm.models.<module>
     # llama.cpp's converter reorders llama's q/k rows for its interleaved RoPE; models it
-    # runs with NeoX-style RoPE (qwen2, qwen3) are stored as Hugging Face has them.
+    # runs with NeoX-style RoPE (qwen2, qwen3, phi3, gemma) are stored as HF has them.
     permuted_qk: bool
+    # Gemma's converter stores every RMSNorm weight + 1 (llama.cpp multiplies by the
+    # weight; Gemma's norm multiplies by 1 + weight, as mlx-lm's does).
+    norm_shift: float = 0.0
+    names: tuple = ()  # GGUF block tensor -> mlx-lm module, where this family differs
 
 
+_GEMMA2_NAMES = (("ffn_norm", "pre_feedforward_layernorm"),
+                 ("post_attention_norm", "post_attention_layernorm"),
+                 ("post_ffw_norm", "post_feedforward_layernorm"))
 ARCHITECTURES = {
     "llama": Architecture("llama", True),  # Llama 1-3, SmolLM, Mistral 7B and their kin
+    "mistral": Architecture("llama", True),  # what some converters call a Mistral 7B
     "qwen2": Architecture("qwen2", False),
     "qwen3": Architecture("qwen3", False),
+    "phi3": Architecture("phi3", False, names=(("attn_qkv", "self_attn.qkv_proj"),
+                                               ("ffn_up", "mlp.gate_up_proj"))),
+    "gemma": Architecture("gemma", False, 1.0),
+    "gemma2": Architecture("gemma2", False, 1.0, _GEMMA2_NAMES),
+    "gemma3": Architecture("gemma3_text", False, 1.0, _GEMMA2_NAMES),
 }
 
 _TOP_LEVEL = {"token_embd": "model.embed_tokens", "output_norm": "model.norm",
@@ -230,11 +243,12 @@ _IN_BLOCK = {
 }
 
 
-def mlx_name(gguf_name: str) -> str | None:
+def mlx_name(gguf_name: str, arch: str | None = None) -> str | None:
     """The mlx-lm parameter name for a GGUF tensor (or an MLX `.scales`/`.biases` part)."""
     base, _, suffix = gguf_name.rpartition(".")
     if m := re.fullmatch(r"blk\.(\d+)\.(\w+)", base):
-        part = _IN_BLOCK.get(m[2])
+        family = dict(ARCHITECTURES[arch].names) if arch in ARCHITECTURES else {}
+        part = family.get(m[2], _IN_BLOCK.get(m[2]))
         return f"model.layers.{m[1]}.{part}.{suffix}" if part else None
     top = _TOP_LEVEL.get(base)
     return f"{top}.{suffix}" if top else None
@@ -246,12 +260,14 @@ def _problem(header: GGUFHeader) -> str | None:
     if arch not in ARCHITECTURES:
         return (f"architecture {arch!r} is not supported (supported: "
                 f"{', '.join(ARCHITECTURES)}); use the Hugging Face model instead")
+    from mlxsft.gguf.tensors import dequantizable
+
     for t in header.tensors:
-        if t.type_name not in QUANTIZED_TYPES and t.type_name not in FLOAT_TYPES:
-            return (f"tensor {t.name} is {t.type_name}, which mlxsft cannot keep exactly "
-                    "(it reads F32, F16, BF16, Q8_0, Q4_0 and Q4_1); re-export the GGUF as "
-                    "Q8_0, Q4_0 or F16, or use the Hugging Face model")
-        if mlx_name(t.name) is None:
+        if t.nbytes is None or not dequantizable(t.type_name):
+            return (f"tensor {t.name} is {t.type_name}, which mlxsft cannot read (the gguf "
+                    "package has no de-quantizer for it); re-export the GGUF as Q4_K_M, "
+                    "Q8_0 or F16, or use the Hugging Face model")
+        if mlx_name(t.name, arch) is None:
             why = (" (llama 3.1-style RoPE scaling)" if t.name.startswith("rope_freqs") else "")
             return (f"tensor {t.name}{why} has no place in mlx-lm's {arch} model; use the "
                     "Hugging Face model instead")
@@ -278,7 +294,7 @@ def _model_config(header: GGUFHeader) -> dict:
 
     hidden, heads = get("embedding_length"), get("attention.head_count")
     config = {
-        "model_type": arch,
+        "model_type": ARCHITECTURES[arch].module,
         "hidden_size": hidden,
         "num_hidden_layers": get("block_count"),
         "intermediate_size": get("feed_forward_length"),
@@ -292,8 +308,9 @@ def _model_config(header: GGUFHeader) -> dict:
         "tie_word_embeddings": "output.weight" not in shapes,
     }
     head_dim = md.get(f"{arch}.attention.key_length")
-    if head_dim or arch == "qwen3":
+    if head_dim or arch in ("qwen3", "gemma", "gemma2", "gemma3"):
         config["head_dim"] = head_dim or hidden // heads
+    config.update(_family_config(arch, md, config))
     if arch == "llama" and "blk.0.attn_q.bias" in shapes:
         config["attention_bias"] = True
     scaling = md.get(f"{arch}.rope.scaling.type", "none")
@@ -314,6 +331,29 @@ def _model_config(header: GGUFHeader) -> dict:
     return config
 
 
+def _family_config(arch: str, md: dict, config: dict) -> dict:
+    """The hyper-parameters one family's mlx-lm model needs beyond the common ones, as
+    llama.cpp sets them for that architecture (llama-model.cpp)."""
+    head_dim = config.get("head_dim")
+    if arch == "phi3":
+        rotary = md.get("phi3.rope.dimension_count")
+        hd = config["hidden_size"] // config["num_attention_heads"]
+        return {"partial_rotary_factor": rotary / hd} if rotary and rotary != hd else {}
+    if arch == "gemma2":
+        # llama.cpp scales queries by 1/sqrt(head_dim), except Gemma 2 27B (46 layers):
+        # 1/sqrt(hidden / heads), as its query_pre_attn_scalar says.
+        big = config["num_hidden_layers"] == 46
+        return {"attn_logit_softcapping": md.get("gemma2.attn_logit_softcapping", 50.0),
+                "final_logit_softcapping": md.get("gemma2.final_logit_softcapping", 30.0),
+                "query_pre_attn_scalar": (config["hidden_size"] // config["num_attention_heads"]
+                                          if big else head_dim)}
+    if arch == "gemma3":
+        return {"query_pre_attn_scalar": head_dim, "sliding_window_pattern": 6,
+                "sliding_window": md.get("gemma3.attention.sliding_window", 512),
+                "rope_local_base_freq": 10000.0}  # llama.cpp's fixed local RoPE base
+    return {}
+
+
 def _unpermute_rows(w, n_heads: int):
     """Undo llama.cpp's `permute` (convert_hf_to_gguf.py), which within each head moves
     row i of the first half and row i of the second half next to each other (rows 2i,
@@ -324,31 +364,47 @@ def _unpermute_rows(w, n_heads: int):
             .swapaxes(1, 2).reshape(w.shape))
 
 
-def _read_weights(header: GGUFHeader, config: dict) -> dict:
+def _read_weights(header: GGUFHeader, config: dict, dequantize: bool,
+                  notes: list[str]) -> dict:
     import mlx.core as mx
 
-    try:
-        raw = mx.load(str(header.path))
-    except (RuntimeError, ValueError) as e:
-        raise UserError(f"{header.path}: MLX could not read its tensors "
-                        f"({str(e).splitlines()[0]})") from None
-    bf16 = {t.name for t in header.tensors if t.type_name == "BF16"}
-    permuted = ARCHITECTURES[config["model_type"]].permuted_qk
+    from mlxsft.gguf.tensors import open_data, raw_bytes, requant_bits, tensor_arrays
+
+    arch = header.metadata["general.architecture"]
+    permuted, shift = ARCHITECTURES[arch].permuted_qk, ARCHITECTURES[arch].norm_shift
     heads = {"self_attn.q_proj": config["num_attention_heads"],
              "self_attn.k_proj": config["num_key_value_heads"]}
-    weights = {}
-    for key, value in raw.items():
-        name = mlx_name(key)
+    try:
+        data = open_data(header.path)
+    except OSError as e:
+        raise UserError(f"{header.path}: cannot read it ({e.strerror})") from None
+    weights, requantized = {}, Counter()
+    for tensor in header.tensors:
+        name = mlx_name(tensor.name, arch)
         if name is None:  # _problem() has already refused unknown tensors
-            raise UserError(f"{header.path}: unexpected tensor {key}")
+            raise UserError(f"{header.path}: unexpected tensor {tensor.name}")
         module = name.rsplit(".", 1)[0].split(".", 3)[-1]
-        if permuted and module in heads:
-            value = _unpermute_rows(value, heads[module])
-        # MLX reads BF16 as float16, whose range ends at 65504.
-        if key in bf16 and not mx.isfinite(value).all().item():
-            raise UserError(f"{header.path}: BF16 tensor {key} has values beyond float16's "
-                            "range; re-export the GGUF as F32 or Q8_0")
-        weights[name] = value
+        parts = tensor_arrays(raw_bytes(data, header.data_start, tensor), tensor.type_name,
+                              tensor.shape, dequantize=dequantize)
+        if "scales" in parts and tensor.type_name not in NATIVE_TYPES | {"Q4_K": 4}:
+            requantized[(tensor.type_name, requant_bits(tensor.type_name))] += 1
+        elif dequantize and tensor.type_name not in FLOAT_TYPES:
+            requantized[(tensor.type_name, None)] += 1
+        prefix = name.rsplit(".", 1)[0]
+        if shift and tensor.name.endswith("norm.weight"):
+            parts["weight"] = parts["weight"].astype(mx.float32) - shift
+        for part, value in parts.items():
+            if permuted and module in heads:
+                value = _unpermute_rows(value, heads[module])
+            weights[name if part == "weight" else f"{prefix}.{part}"] = value
+    del data  # the map closes when the last view goes
+    if requantized:
+        notes.append("; ".join(
+            f"{n} {kind} tensor{'s' * (n > 1)} " + (f"re-quantized to MLX {bits}-bit affine "
+                                                    "(group size 32)" if bits else
+                                                    "de-quantized to float")
+            for (kind, bits), n in sorted(requantized.items())) + " (MLX cannot compute with "
+            "those ggml types directly)")
     return weights
 
 
@@ -364,12 +420,13 @@ def _quantized_layers(weights: dict) -> dict[str, dict]:
     return layers
 
 
-def load_gguf(path, *, dequantize: bool = False):
+def load_gguf(path, *, dequantize: bool = False, notes: list[str] | None = None):
     """(mlx-lm model, `PreTrainedTokenizerFast`, HF-style config) from a GGUF file.
 
     Q4_0/Q4_1/Q8_0 weights stay quantized (`nn.QuantizedLinear`/`QuantizedEmbedding`,
     group size 32, the bits of each layer; `config["quantization"]` says so in mlx-lm's
     form) and floats keep the dtype of the token embedding's scales (float16) or weight.
+    Types MLX cannot keep are re-quantized (see `mlxsft.gguf.tensors`), said in `notes`.
     `dequantize=True` gives float32 weights of the same values instead.
     """
     import mlx.core as mx
@@ -380,15 +437,10 @@ def load_gguf(path, *, dequantize: bool = False):
         raise UserError(f"{header.path}: {problem}")
     config = _model_config(header)
     tokenizer = _build_tokenizer(header)
-    weights = _read_weights(header, config)
+    weights = _read_weights(header, config, dequantize, notes if notes is not None else [])
     layers = _quantized_layers(weights)
     if dequantize:
-        for path_, q in layers.items():
-            scales = weights.pop(path_ + ".scales").astype(mx.float32)
-            biases = weights.pop(path_ + ".biases").astype(mx.float32)
-            weights[path_ + ".weight"] = mx.dequantize(
-                weights[path_ + ".weight"], scales, biases, **q)
-        layers, dtype = {}, mx.float32
+        dtype = mx.float32
     else:
         # One float dtype for the whole model (GGUF keeps norms in F32 next to F16 scales):
         # mixed dtypes would promote activations to float32 halfway through each block.
@@ -403,8 +455,14 @@ def load_gguf(path, *, dequantize: bool = False):
                 p: q for p, q in layers.items() if q["bits"] != common}}
     weights = {k: v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) else v
                for k, v in weights.items()}
+    for tensor in header.tensors:  # float16 ends at 65504; BF16 goes much further
+        value = weights.get(mlx_name(tensor.name, header.metadata["general.architecture"]))
+        if tensor.type_name == "BF16" and value is not None and \
+                not mx.isfinite(value).all().item():
+            raise UserError(f"{header.path}: BF16 tensor {tensor.name} has values beyond "
+                            f"{dtype}'s range; re-export the GGUF as F32 or Q8_0")
 
-    module = importlib.import_module(f"mlx_lm.models.{ARCHITECTURES[config['model_type']].module}")
+    module = importlib.import_module(f"mlx_lm.models.{config['model_type']}")
     model = module.Model(module.ModelArgs.from_dict(config))
     if layers:  # the model's random init is lazy: quantizing it costs nothing
         nn.quantize(model, class_predicate=lambda p, _m: layers.get(p, False))

@@ -3,7 +3,9 @@
 Byte-level BPE vocabularies (`tokenizer.ggml.model == "gpt2"`): tokens, merges, token
 types, BOS/EOS handling and the chat template from the metadata, and the pre-tokenizer
 regexes llama.cpp uses for each `tokenizer.ggml.pre` name. SentencePiece vocabularies
-and unknown pre-tokenizer names are refused (see `tokenizer_problem`), not guessed.
+(`"llama"`: Llama 2, Mistral 7B, Phi-3, Gemma) are built by transformers' GGUF tokenizer
+builders, with llama.cpp's space handling (a "▁" prefix, every space a "▁"). Unknown
+pre-tokenizer names and other vocabulary kinds are refused (see `tokenizer_problem`).
 """
 
 from __future__ import annotations
@@ -38,11 +40,13 @@ _CONTROL, _USER_DEFINED = 3, 4
 
 def tokenizer_problem(md: dict) -> str | None:
     kind = md.get("tokenizer.ggml.model")
+    if kind == "llama":
+        return None
     if kind != "gpt2":
-        what = {"llama": "a SentencePiece vocabulary", None: "missing"}.get(kind, repr(kind))
-        return (f"the tokenizer is {what}; mlxsft reads byte-level BPE vocabularies "
-                "(tokenizer.ggml.model 'gpt2') from GGUF files. Use the Hugging Face model "
-                "instead")
+        what = {None: "missing"}.get(kind, repr(kind))
+        return (f"the tokenizer is {what}; mlxsft reads byte-level BPE ('gpt2') and "
+                "SentencePiece ('llama') vocabularies from GGUF files. Use the Hugging Face "
+                "model instead")
     pre = md.get("tokenizer.ggml.pre", "default")
     if pre not in PRE_TOKENIZERS:
         return (f"pre-tokenizer {pre!r} is not one of the {len(PRE_TOKENIZERS)} mlxsft "
@@ -55,6 +59,8 @@ def build_tokenizer(header):
     md = header.metadata
     if (problem := tokenizer_problem(md)) is not None:
         raise UserError(f"{header.path}: {problem}")
+    if md.get("tokenizer.ggml.model") == "llama":
+        return _sentencepiece(md)
     pre = md.get("tokenizer.ggml.pre", "default")
     from tokenizers import (AddedToken, Regex, Tokenizer, decoders, models, normalizers,
                             pre_tokenizers, processors)
@@ -101,5 +107,51 @@ def build_tokenizer(header):
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, chat_template=md.get("tokenizer.chat_template"),
         clean_up_tokenization_spaces=False,  # decode(encode(s)) == s
+        **({"model_max_length": context} if isinstance(context, int) else {}),
+        **{k: v for k, v in specials.items() if v is not None})
+
+
+_GEMMA = ("gemma", "gemma2", "gemma3")
+
+
+def _sentencepiece(md: dict):
+    """A SentencePiece vocabulary (tokens + scores, byte tokens) as llama.cpp tokenizes it."""
+    from tokenizers import normalizers, processors
+    from transformers import PreTrainedTokenizerFast
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import convert_gguf_tokenizer
+
+    arch = md.get("general.architecture")
+    tokens = md["tokenizer.ggml.tokens"]
+    spec = {"tokenizer_type": "llama", "tokens": tokens,
+            "scores": md.get("tokenizer.ggml.scores") or [0.0] * len(tokens),
+            "token_type": md.get("tokenizer.ggml.token_type") or [1] * len(tokens)}
+    # Gemma has its own builder; for the rest, transformers' Phi-3 builder is llama.cpp's
+    # SPM: a "▁" in front (unless add_space_prefix is false) and every space a "▁".
+    backend, _ = convert_gguf_tokenizer(arch if arch in _GEMMA else "phi3", spec)
+    if arch not in _GEMMA and md.get("tokenizer.ggml.add_space_prefix") is False:
+        backend.normalizer = normalizers.Replace(" ", "\u2581")
+
+    def token(key):
+        i = md.get(f"tokenizer.ggml.{key}")
+        return tokens[i] if isinstance(i, int) and 0 <= i < len(tokens) else None
+
+    bos, eos = token("bos_token_id"), token("eos_token_id")
+    add_bos = md.get("tokenizer.ggml.add_bos_token", True) and bos
+    add_eos = md.get("tokenizer.ggml.add_eos_token", False) and eos
+    ids = {t: i for i, t in enumerate(tokens)}
+    if add_bos or add_eos:
+        first, last = (f"{bos} " if add_bos else ""), (f" {eos}" if add_eos else "")
+        backend.post_processor = processors.TemplateProcessing(
+            single=f"{first}$A{last}", pair=f"{first}$A{last} {first}$B{last}",
+            special_tokens=[(t, ids[t]) for t in dict.fromkeys(
+                ([bos] if add_bos else []) + ([eos] if add_eos else []))])
+    else:
+        backend.post_processor = None
+    specials = {"bos_token": bos, "eos_token": eos, "unk_token": token("unknown_token_id"),
+                "pad_token": token("padding_token_id")}
+    context = md.get(f"{arch}.context_length")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, chat_template=md.get("tokenizer.chat_template"),
+        clean_up_tokenization_spaces=False,
         **({"model_max_length": context} if isinstance(context, int) else {}),
         **{k: v for k, v in specials.items() if v is not None})

@@ -6,13 +6,12 @@ hyper-parameters under `<arch>.*`; tensor names from the gguf package's own tabl
 (`gguf.get_tensor_name_map`); llama's q/k rows permuted for llama.cpp's interleaved
 RoPE; the byte-level BPE tokenizer (tokens, token types, merges, special ids, chat
 template) with the `tokenizer.ggml.pre` name llama.cpp picks its pre-tokenizer by.
-Tensor types: F32, F16, BF16, or Q8_0 / Q4_1 made by the gguf package's reference
-quantizer; norms stay F32 and a matrix whose rows are not whole 32-blocks keeps the
-float type, as llama.cpp does.
+Tensor types: F32, F16, BF16, or a llama.cpp quantization scheme (`mlxsft.gguf.schemes`:
+q4_k_m, q5_k_m, q6_k, q8_0, ... or `same` as the source GGUF); Q4_0..Q8_0 come from the gguf
+package's reference quantizer, Q4_K/Q5_K/Q6_K from `mlxsft.gguf.kquants`.
 
-It does not write SentencePiece vocabularies, RoPE scaling other than linear, or
-K-quants (run llama.cpp's llama-quantize on an F16 export for those); each is a
-`UserError` raised before anything is written.
+It does not write SentencePiece vocabularies or RoPE scaling other than linear; each is
+a `UserError` raised before anything is written.
 """
 
 from __future__ import annotations
@@ -26,8 +25,10 @@ from mlxsft.errors import UserError
 
 # model_type -> GGUF architecture; mlx-lm runs mistral with its llama model, llama.cpp too.
 GGUF_ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
-FLOAT_TYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
-QUANT_TYPES = {8: "Q8_0", 4: "Q4_1"}  # Q4_1 is affine (scale and minimum), as MLX's 4-bit
+# The GGUF tensor type written for an output float dtype, and for --quantize BITS (Q4_1 is
+# affine, scale and minimum, as MLX's 4-bit). reader.FLOAT_TYPES is the set it can read.
+GGUF_TYPE_OF_DTYPE = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
+GGUF_TYPE_OF_BITS = {8: "Q8_0", 4: "Q4_1"}
 # The tokenizer.ggml.pre names tried, one per distinct behaviour in mlxsft.gguf.tokenizer.
 PRE_CANDIDATES = ("gpt-2", "smollm", "llama-bpe", "qwen2", "stablelm2", "dbrx", "default")
 # llama.cpp's own check text for telling pre-tokenizers apart (convert_hf_to_gguf_update.py).
@@ -51,6 +52,7 @@ _TOKENIZER_WRITERS = {
     "tokenizer.ggml.eom_token_id": "add_eom_token_id",
     "tokenizer.ggml.add_bos_token": "add_add_bos_token",
     "tokenizer.ggml.add_eos_token": "add_add_eos_token",
+    "tokenizer.ggml.add_space_prefix": "add_add_space_prefix",
     "tokenizer.chat_template": "add_chat_template",
 }
 
@@ -152,30 +154,33 @@ def llama_cpp_permute(w, n_heads: int):
             .swapaxes(1, 2).reshape(w.shape))
 
 
-def tensor_type(shape, float_type: str, quant_type: str | None) -> str:
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
-
-    if len(shape) == 1:
-        return "F32"  # llama.cpp keeps norms and biases in F32
-    if quant_type and shape[-1] % GGML_QUANT_SIZES[GGMLQuantizationType[quant_type]][0] == 0:
-        return quant_type
-    return float_type
-
-
 def _tensor_bytes(x, type_name: str):
     import numpy as np
     from gguf import GGMLQuantizationType, quants
+
+    from mlxsft.gguf import kquants
 
     if type_name == "F32":
         return x.astype(np.float32)
     if type_name == "F16":
         return x.astype(np.float16)
+    if type_name in kquants.K_TYPES:
+        return kquants.quantize(x, type_name)
     return quants.quantize(x, GGMLQuantizationType[type_name])
 
 
 def write_gguf(path: Path, model, config: dict, tokenizer_md: dict, float_type: str = "F16",
-               quant_type: str | None = None, name: str = "") -> dict[str, str]:
-    """Write `model` (float weights) to `path`; returns {GGUF tensor name: type}."""
+               quant_type: str | None = None, name: str = "",
+               source_types: dict[str, str] | None = None,
+               source_file_type: int | None = None, notes: list[str] | None = None,
+               extra_md: dict | None = None) -> dict[str, str]:
+    """Write `model` (float weights) to `path`; returns {GGUF tensor name: type}.
+
+    `quant_type` is a scheme of `mlxsft.gguf.schemes` ("q4_k_m", "same", ...; "Q8_0" and
+    "Q4_1" as well) or None for floats; "same" takes each tensor's type from
+    `source_types`. Departures from the scheme are appended to `notes`."""
+    from mlxsft.gguf.schemes import TypePlan
+
     import gguf
     import mlx.core as mx
     import numpy as np
@@ -190,13 +195,18 @@ def write_gguf(path: Path, model, config: dict, tokenizer_md: dict, float_type: 
     heads = config["num_attention_heads"]
     permuted_heads = {"q_proj": heads, "k_proj": config.get("num_key_value_heads") or heads}
 
+    plan_types = TypePlan(quant_type.lower() if quant_type else None, float_type, n_layers,
+                          "lm_head.weight" in weights, source_types)
     writer = gguf.GGUFWriter(None, arch)
     _write_hyperparameters(writer, config, name)
     for key, value in tokenizer_md.items():
         getattr(writer, _TOKENIZER_WRITERS[key])(value)
-    main_type = quant_type or float_type
-    writer.add_file_type(int(gguf.LlamaFileType[
-        "ALL_F32" if main_type == "F32" else f"MOSTLY_{main_type}"]))
+    for key, value in (extra_md or {}).items():
+        writer.add_key_value(key, value, _metadata_type(value))
+    file_type = plan_types.file_type(source_file_type)
+    if file_type is not None:
+        writer.add_file_type(file_type if isinstance(file_type, int)
+                             else int(gguf.LlamaFileType[file_type]))
     if quant_type:
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
@@ -207,7 +217,7 @@ def write_gguf(path: Path, model, config: dict, tokenizer_md: dict, float_type: 
             raise UserError(f"--format gguf: weight {mlx_name} has no GGUF name in llama.cpp's "
                             f"{arch} table; fuse with --format hf instead")
         shape = tuple(value.shape)
-        kind = tensor_type(shape, float_type, quant_type)
+        kind = plan_types.type_for(gguf_name, shape)
         if kind in ("F32", "F16"):
             dtype = np.float32 if kind == "F32" else np.float16
             writer.add_tensor_info(gguf_name, shape, np.dtype(dtype),
@@ -230,7 +240,23 @@ def write_gguf(path: Path, model, config: dict, tokenizer_md: dict, float_type: 
             x = llama_cpp_permute(x, permuted_heads[module])
         writer.write_tensor_data(_tensor_bytes(x, kind))
     writer.close()
+    if notes is not None:
+        notes.extend(plan_types.notes)
     return {gguf_name: kind for _, gguf_name, kind in plan}
+
+
+def _metadata_type(value):
+    import gguf
+
+    if isinstance(value, bool):
+        return gguf.GGUFValueType.BOOL
+    if isinstance(value, int):
+        return gguf.GGUFValueType.UINT32
+    if isinstance(value, float):
+        return gguf.GGUFValueType.FLOAT32
+    if isinstance(value, list):
+        return gguf.GGUFValueType.ARRAY
+    return gguf.GGUFValueType.STRING
 
 
 def _write_hyperparameters(writer, config: dict, name: str) -> None:

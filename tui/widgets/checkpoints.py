@@ -33,7 +33,7 @@ from textual.worker import get_current_worker
 from mlxsft import events as ev
 from mlxsft.errors import UserError
 from mlxsft.mlx_thread import run_on_own_thread
-from mlxsft.tui.runs import SavedAdapter, sample_line
+from mlxsft.tui.runs import SavedAdapter
 from mlxsft.tui.widgets.training_view import SEVERITY_STYLE
 
 BASE = "base"
@@ -83,7 +83,7 @@ def scores_by_key(run_dir: Path, adapters: list[SavedAdapter], table) -> dict[st
     return out
 
 
-def run_compare(post: Callable, compare_fn: Callable, run_dir: Path,
+def run_compare(post: Callable, compare_fn: Callable | None, run_dir: Path,
                 adapters: list[SavedAdapter], cancelled: Callable[[], bool],
                 limit: int, max_tokens: int) -> None:
     """Compare the run's adapters and post `CompareDone` (a worker thread's job)."""
@@ -92,6 +92,10 @@ def run_compare(post: Callable, compare_fn: Callable, run_dir: Path,
             raise CompareCancelled
         post(CompareProgress(text))
 
+    if compare_fn is None:
+        # heavy (mlx, mlx_lm), and importing MLX before the app has set up BLAS is too late
+        # for its thread settings: import when a comparison runs.
+        from mlxsft.compare import compare as compare_fn
     try:
         table = compare_fn(run_dir, limit=limit, max_tokens=max_tokens, progress=progress)
         post(CompareDone(run_dir, scores_by_key(run_dir, adapters, table)))
@@ -119,9 +123,7 @@ class CheckpointsView(Vertical):
     def __init__(self, *, id: str | None = None, compare_fn: Callable | None = None,
                  limit: int = 8, max_tokens: int = 64):
         super().__init__(id=id)
-        if compare_fn is None:
-            from mlxsft.compare import compare as compare_fn
-        self.compare_fn = compare_fn
+        self.compare_fn = compare_fn  # None: mlxsft.compare.compare
         self.limit, self.max_tokens = limit, max_tokens
         self.run_dir: Path | None = None
         self.adapters: list[SavedAdapter] = []
@@ -186,8 +188,7 @@ class CheckpointsView(Vertical):
         log = self.query_one("#samples-log", RichLog)
         for event in events:
             if isinstance(event, ev.SampleAnswers):
-                for sample in event.samples:
-                    severity, line = sample_line(event.step, sample)
+                for severity, line in ev.describe(event):
                     self.samples.append((severity, line))
                     log.write(Text(line, style=SEVERITY_STYLE.get(severity, "")))
 

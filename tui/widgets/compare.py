@@ -15,19 +15,17 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Input, Select, Static
 
-from mlxsft.tui.messages import ChatUpdate
+from mlxsft.tui.messages import Answers, ChatUpdate
 from mlxsft.tui.runs import SavedAdapter, newest
 
 LATEST = "latest"
 
 
 @dataclass
-class Exchange:
-    prompt: str
-    base_text: str = ""
-    tuned_text: str = ""
-    base_note: str = ""
-    tuned_note: str = ""
+class Exchange(Answers):
+    """One prompt and its answers as the pane shows them."""
+
+    prompt: str = ""
 
 
 class AnswerColumn(VerticalScroll):
@@ -104,26 +102,19 @@ class ComparePane(Vertical):
         self.query_one("#chat-status", Static).update(Text(text, style="dim italic"))
 
     def add_prompt(self, request_id: int, prompt: str, note: str = "") -> None:
-        self.exchanges[request_id] = Exchange(prompt, base_note=note, tuned_note=note)
+        self.exchanges[request_id] = Exchange(base_note=note, tuned_note=note, prompt=prompt)
         self._redraw()
 
     def update_answer(self, update: ChatUpdate) -> None:
         exchange = self.exchanges.get(update.request_id)
         if exchange is None:
             return
-        exchange.base_text, exchange.tuned_text = update.base_text, update.tuned_text
-        exchange.base_note, exchange.tuned_note = update.base_note, update.tuned_note
-        self._redraw()
-
-    def note_all(self, request_ids: list[int], note: str) -> None:
-        for request_id in request_ids:
-            exchange = self.exchanges[request_id]
-            exchange.base_note = exchange.tuned_note = note
+        vars(exchange).update(vars(update.answers()))
         self._redraw()
 
     def answers(self, side: str) -> list[str]:
         """The answer texts of one column, oldest first ("base" or "tuned")."""
-        return [getattr(e, f"{side}_text") for e in self.exchanges.values()]
+        return [e.text(side) for e in self.exchanges.values()]
 
     def on_resize(self) -> None:
         self._redraw()
@@ -131,7 +122,7 @@ class ComparePane(Vertical):
     def _block(self, exchange: Exchange, side: str) -> Text:
         text = Text()
         text.append(f"> {exchange.prompt}\n", style="bold")
-        answer, note = getattr(exchange, f"{side}_text"), getattr(exchange, f"{side}_note")
+        answer, note = exchange.text(side), exchange.note(side)
         text.append(answer)
         if note:
             style = "bold red" if note.startswith("error") else "dim italic"

@@ -13,6 +13,11 @@ from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
+from mlxsft.data import load_splits
+from mlxsft.datacheck import check_split, mask_runs, render_summary
+from mlxsft.masking import Masker
+from mlxsft.models import load_tokenizer
+
 SUPERVISED = "bold green"
 MASKED = "dim"
 MAX_RECORDS = 100  # rendering thousands of records would only slow the UI down
@@ -20,21 +25,12 @@ MAX_RECORDS = 100  # rendering thousands of records would only slow the UI down
 
 def render_tokens(item, tokenizer) -> Text:
     """One record: a heading, then its text with masked and supervised runs styled."""
-    from mlxsft.masking import hf_tokenizer
-
-    tok = hf_tokenizer(tokenizer)
-    runs: list[tuple[int, list[int]]] = []
-    for token, supervised in zip(item.tokens, item.loss_mask):
-        if runs and runs[-1][0] == supervised:
-            runs[-1][1].append(token)
-        else:
-            runs.append((supervised, [token]))
     text = Text()
     truncated = ", truncated" if item.truncated else ""
     text.append(f"{item.source}:{item.line}  {item.format}, {len(item.tokens)} tokens, "
                 f"{item.supervised_tokens} supervised{truncated}\n", style="bold underline")
-    for supervised, ids in runs:
-        text.append(tok.decode(ids), style=SUPERVISED if supervised else MASKED)
+    for supervised, run in mask_runs(item, tokenizer):
+        text.append(run, style=SUPERVISED if supervised else MASKED)
     return text
 
 
@@ -42,11 +38,6 @@ def check_data(data: str, model: str | None, mask: str, max_seq_len: int,
                max_records: int = MAX_RECORDS) -> tuple[list[str], list[Text], list[str]]:
     """(summaries, rendered records, masker warnings) of every split of `data`.
     Raises `UserError` for a missing file or model."""
-    from mlxsft.data import load_splits
-    from mlxsft.datacheck import check_split, render_summary
-    from mlxsft.masking import Masker
-    from mlxsft.models import load_tokenizer
-
     # Invalid records are counted and listed in the summary instead of stopping at the
     # first: a person looking at the data wants to see them all.
     splits = load_splits(data, skip_invalid=True)

@@ -12,6 +12,7 @@ import dataclasses
 
 from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
+from textual.reactive import reactive
 from textual.widgets import Button, Input, Label, Select
 
 from mlxsft.config import TrainConfig
@@ -48,6 +49,8 @@ def _text(value) -> str:
 
 class RunPanel(VerticalScroll):
     """The form of run options with Start, Stop and Open run buttons."""
+
+    running: reactive[bool] = reactive(False, init=False)  # set by the app's `training`
 
     def compose(self) -> ComposeResult:
         for name, label, placeholder in FIELDS:
@@ -96,7 +99,8 @@ class RunPanel(VerticalScroll):
                 widget.value = _text(values[name])
                 widget.cursor_position = 0
 
-    def set_running(self, running: bool) -> None:
+    def watch_running(self, running: bool) -> None:
+        # The form is frozen while a run trains: its values are the run's settings.
         for name, _, _ in FIELDS:
             self.query_one(f"#field-{name}").disabled = running
         self.query_one("#start", Button).disabled = running

@@ -12,6 +12,12 @@ import os
 import platform
 import sys
 
+import mlx.core as mx
+
+from mlxsft import __version__, blas
+from mlxsft.gguf.reader import gguf_summary
+from mlxsft.models import DEFAULT_HUB_ID, DEFAULT_MODEL, _default_gguf
+
 
 def _version(package: str) -> str | None:
     try:
@@ -21,18 +27,11 @@ def _version(package: str) -> str | None:
 
 
 def collect(measure: bool = True) -> dict:
-    import mlx.core as mx
-
-    from mlxsft import __version__, blas
-    from mlxsft.models import DEFAULT_HUB_ID, DEFAULT_MODEL, _default_gguf
-
     status = blas.status()
     gguf = _default_gguf()
     default = {"alias": DEFAULT_MODEL, "gguf": str(gguf) if gguf else None,
                "hub_id": DEFAULT_HUB_ID}
     if gguf:
-        from mlxsft.gguf.reader import gguf_summary
-
         summary = gguf_summary(gguf)
         default["parameters"] = summary.get("parameters")
         default["tensor_types"] = summary.get("tensor_types")

@@ -8,8 +8,18 @@ same path a real model takes.
 
 from __future__ import annotations
 
+import importlib
 import json
+import random
 from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import PreTrainedTokenizerFast
+
+from helpers.chat_templates import TEMPLATES
 
 WORDS = (
     "the a an of to and in is it that for on with as was he she they be at by this "
@@ -24,7 +34,6 @@ WORDS = (
 
 
 def corpus(n: int = 400) -> list[str]:
-    import random
 
     rng = random.Random(0)
     lines = []
@@ -37,8 +46,6 @@ def corpus(n: int = 400) -> list[str]:
 
 def build_tokenizer(special_tokens, chat_template=None, bos=None, eos=None, vocab_size=512):
     """A `PreTrainedTokenizerFast` (byte-level BPE) with the given special tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -58,7 +65,6 @@ def build_tokenizer(special_tokens, chat_template=None, bos=None, eos=None, voca
 
 
 def build_template_tokenizer(name: str):
-    from chat_templates import TEMPLATES
 
     template, specials, bos, eos, _ = TEMPLATES[name]
     return build_tokenizer(specials, template, bos, eos)
@@ -67,11 +73,7 @@ def build_template_tokenizer(name: str):
 def save_model_dir(path, arch: str = "llama", tokenizer=None, quantize_bits: int | None = None,
                    seed: int = 0, **overrides) -> Path:
     """Write a tiny random `arch` model + tokenizer in Hugging Face layout to `path`."""
-    import importlib
 
-    import mlx.core as mx
-    import mlx.nn as nn
-    from mlx.utils import tree_flatten
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
