@@ -8,12 +8,13 @@ or `--run-slow`). Every run prints the slowest durations (`--durations` in pypro
 
 import os
 
+# mlxsft first: it must point MLX at the optimized BLAS before mlx.core is imported
+# (helpers.tiny imports mlx.core; an import sorter must leave this line above it).
+import mlxsft  # noqa: F401, I001  # isort: skip
+
 import pytest
 from helpers.data import arithmetic_records, write_jsonl
 from helpers.tiny import save_model_dir
-
-# mlxsft first: it must point MLX at the optimized BLAS before mlx.core is imported.
-import mlxsft  # noqa: F401
 
 
 def pytest_addoption(parser):
