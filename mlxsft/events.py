@@ -161,9 +161,10 @@ def describe(event: Event) -> list[tuple[str, str]]:
     if isinstance(event, EvalReport):
         return [("info", f"step {event.step}: validation loss {event.val_loss:.4f}")]
     if isinstance(event, SampleAnswers):
-        marks = {True: "right", False: "wrong", None: "answer"}
-        return [("info", f"step {event.step}: {marks[s.get('exact')]}: "
-                         f"{_one_line(s['prompt'], 50)} -> {_one_line(s['answer'], 70)}")
+        # (severity, mark) by exact match: None when the prompt had no reference answer
+        marks = {True: ("good", "right"), False: ("warning", "wrong"), None: ("info", "answer")}
+        return [(marks[s.get("exact")][0], f"step {event.step}: {marks[s.get('exact')][1]}: "
+                 f"{_one_line(s['prompt'], 50)} -> {_one_line(s['answer'], 70)}")
                 for s in event.samples]
     if isinstance(event, CheckpointSaved):
         label = "best adapter" if event.best else "adapter"

@@ -75,3 +75,65 @@ def test_snapshot_data_view(snap_compare, tiny_llama, tmp_path, monkeypatch):
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=WIDE, run_before=run_before)
+
+
+def _demo_run(root):
+    """A run directory written by hand: the fake run's events with samples after each
+    evaluation, and adapters (dummy weights) at steps 4 and 8, best/ and final."""
+    import json
+    from types import SimpleNamespace
+
+    from mlxsft import events as ev
+
+    run = root / "runs/demo"
+    run.mkdir(parents=True)
+    lines = []
+    for event in fake_trainer(total=8)(SimpleNamespace(out="runs/demo"), lambda: False):
+        lines.append(event.to_json())
+        if isinstance(event, ev.EvalReport):
+            lines.append(ev.SampleAnswers(event.step, [
+                {"prompt": "add 2 3", "answer": "sum 5", "reference": "sum 5", "exact": True,
+                 "ended": True, "tokens": 3, "where": "valid.jsonl:1"},
+                {"prompt": "add 4 4", "answer": "sum 8 sum", "reference": "sum 8",
+                 "exact": False, "ended": False, "tokens": 4, "where": "valid.jsonl:2"}
+            ]).to_json())
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    for where, step, val in (("checkpoints/step-000004", 4, 2.62), ("checkpoints/step-000008", 8,
+                             2.14), ("best", 8, 2.14), (".", 8, 2.14)):
+        (run / where).mkdir(parents=True, exist_ok=True)
+        (run / where / "adapters.safetensors").write_bytes(where.encode())
+        (run / where / "adapter_config.json").write_text(json.dumps({"step": step,
+                                                                     "val_loss": val}))
+    return run
+
+
+def _demo_compare(run_dir, limit, max_tokens, progress):
+    """Fixed answers for the demo run's columns, as `mlxsft.compare.compare` names them."""
+    from mlxsft.compare import run_candidates
+    from mlxsft.probes import Answer, Probe, SampleTable
+
+    probes = [Probe([{"role": "user", "content": f"add {a} {b}"}], f"sum {a + b}",
+                    f"valid.jsonl:{i + 1}") for i, (a, b) in enumerate([(2, 3), (4, 4)])]
+    table = SampleTable(probes)
+    for i, candidate in enumerate(run_candidates(run_dir, [])):
+        right = min(i, 2)
+        table.add(candidate.name, [Answer(f"sum {a + b}" if n < right else "3333", 3 + n, n < right)
+                                   for n, (a, b) in enumerate([(2, 3), (4, 4)])],
+                  3.5 - 0.5 * i)
+    return table
+
+
+def test_snapshot_checkpoints_after_compare(snap_compare, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _demo_run(tmp_path)
+    fakes, _ = fake_chat()
+    app = create_app(run_dir="runs/demo", compare_fn=_demo_compare, **fakes)
+
+    async def run_before(pilot):
+        await pilot.pause()
+        await pilot.press("f6", "c")
+        await wait_for(pilot, lambda: pilot.app.checkpoints.scores, what="the comparison")
+        pilot.app.screen.set_focus(None)
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=WIDE, run_before=run_before)

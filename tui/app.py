@@ -15,6 +15,8 @@ They report through `post_message` only (see `workers.py`); every widget change
 happens here on the UI thread. A prompt sent while a run trains is queued until the run
 stops; ctrl+n answers it at once on the chat thread's own copies (and slows training
 meanwhile). ctrl+r resumes a stopped run from its last saved adapter and optimizer.
+The Checkpoints section (f6) compares the saved adapters on its own worker thread
+(group "compare") and hands the chosen one to the chat pane.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from mlxsft.tui.messages import TrainEvent
 from mlxsft.tui.runs import check_run_dir, pick_adapter, read_events, run_settings
 from mlxsft.tui.runs import saved_adapters
 from mlxsft.tui.screen import MainScreen
+from mlxsft.tui.widgets.checkpoints import AdapterChosen, CheckpointsView
 from mlxsft.tui.widgets.compare import ComparePane
 from mlxsft.tui.widgets.data_view import DataView
 from mlxsft.tui.widgets.run_panel import FIELDS, RunPanel
@@ -79,6 +82,7 @@ class MlxsftApp(App):
         Binding("f3", "show_view('chat')", "Chat"),
         Binding("f4", "show_view('data')", "Data"),
         Binding("f5", "show_view('log')", "Log", show=False),
+        Binding("f6", "show_view('checkpoints')", "Checkpoints"),
         Binding("ctrl+q", "quit", "Quit", priority=True),
     ]
 
@@ -86,7 +90,7 @@ class MlxsftApp(App):
                  config_path: str | None = None, run_dir: str | None = None,
                  train_fn: Callable | None = None, chat_load: Callable | None = None,
                  chat_stream: Callable | None = None, chat_max_tokens: int = 256,
-                 poll_seconds: float = 1.0):
+                 poll_seconds: float = 1.0, compare_fn: Callable | None = None):
         super().__init__()
         self.initial = {"data": data, "model": model, "config_path": config_path,
                         "run_dir": run_dir}
@@ -107,7 +111,7 @@ class MlxsftApp(App):
         self.view = "train"
         # Widgets are looked up on this screen, not on whichever screen is on top (the
         # command palette, say), so a message arriving meanwhile still finds them.
-        self.main_screen = MainScreen()
+        self.main_screen = MainScreen(compare_fn=compare_fn)
         self.data_key: tuple | None = None
         self.metrics_pos = 0
         self.poll_timer: Timer | None = None
@@ -139,6 +143,21 @@ class MlxsftApp(App):
     def data_view(self) -> DataView:
         return self.main_screen.query_one(DataView)
 
+    @property
+    def checkpoints(self) -> CheckpointsView:
+        return self.main_screen.query_one(CheckpointsView)
+
+    def _list_adapters(self) -> None:
+        """Offer the run's saved adapters to the chat pane and the Checkpoints section."""
+        adapters = saved_adapters(self.run_dir)
+        self.compare.set_adapters(adapters)
+        self.checkpoints.set_run(self.run_dir, adapters)
+
+    def on_adapter_chosen(self, message: AdapterChosen) -> None:
+        if self.compare.choose_adapter(message.key):
+            self.notify(f"the Tuned column now answers with {message.key}")
+            self.action_show_view("chat")
+
     def screen_ready(self) -> None:
         """Start the chat thread, lay out, and apply the command line's options."""
         self.run_worker(self._serve_chat, thread=True, group="chat", exit_on_error=False,
@@ -157,7 +176,7 @@ class MlxsftApp(App):
         if self.initial["run_dir"]:
             self.open_run_dir(self.initial["run_dir"], keep=given)
         self.compare.set_sources(self._chat_model(), "no adapter yet", answered=False)
-        self.compare.set_adapters(saved_adapters(self.run_dir))
+        self._list_adapters()
 
     def show_view(self, view: str | None = None) -> None:
         self.view = self.main_screen.show_view(view or self.view)
@@ -171,7 +190,8 @@ class MlxsftApp(App):
 
     def action_show_view(self, view: str) -> None:
         self.show_view(view)
-        focus = {"setup": "#field-model", "chat": "#prompt"}.get(view)
+        focus = {"setup": "#field-model", "chat": "#prompt",
+                 "checkpoints": "#checkpoints-table"}.get(view)
         if focus:
             self.main_screen.query_one(focus).focus()
 
@@ -262,6 +282,7 @@ class MlxsftApp(App):
     def on_train_event(self, message: TrainEvent) -> None:
         event = message.event
         self.training_view.apply(event)
+        self.checkpoints.apply(event)
         for severity, line in ev.describe(event):
             self.event_log.add(severity, line)
         if isinstance(event, ev.RunStarted):
@@ -269,8 +290,8 @@ class MlxsftApp(App):
             if self.run_panel.values().get("out") in (None, self.auto_run_dir):
                 self.auto_run_dir = event.run_dir  # show where it goes, not the placeholder
                 self.run_panel.set_values({"out": event.run_dir})
-        if isinstance(event, (ev.RunStarted, ev.CheckpointSaved)):
-            self.compare.set_adapters(saved_adapters(self.run_dir))
+        if isinstance(event, (ev.RunStarted, ev.CheckpointSaved, ev.Finished)):
+            self._list_adapters()
         if isinstance(event, ev.Failed):
             self.notify(event.message, title="training failed", severity="error", timeout=10)
 
@@ -333,6 +354,7 @@ class MlxsftApp(App):
         self.run_dir, self.metrics_pos = run_dir, 0
         self.training_view.reset(str(run_dir))
         self.event_log.add("info", f"opened {run_dir}")
+        self._list_adapters()
         if not self._poll_metrics():
             self.event_log.add("info", "the run has not finished: following its metrics.jsonl")
             self.poll_timer = self.set_interval(self.poll_seconds, self._poll_metrics)
@@ -344,10 +366,11 @@ class MlxsftApp(App):
         events, self.metrics_pos = read_events(self.run_dir, self.metrics_pos)
         if events:
             self.training_view.apply(*events)
+            self.checkpoints.apply(*events)
             for event in events:
                 for severity, line in ev.describe(event):
                     self.event_log.add(severity, line)
-            self.compare.set_adapters(saved_adapters(self.run_dir))
+            self._list_adapters()
         ended = self.training_view.finished is not None
         if ended:
             self._stop_polling()
@@ -443,5 +466,6 @@ class MlxsftApp(App):
 
 def create_app(**kwargs) -> MlxsftApp:
     """App factory: `data`, `model`, `config_path`, `run_dir` as on the command line;
-    tests inject `train_fn` (a fake or tiny trainer), `chat_load`, `chat_stream`."""
+    tests inject `train_fn` (a fake or tiny trainer), `chat_load`, `chat_stream` and
+    `compare_fn` (for the Checkpoints section's comparison)."""
     return MlxsftApp(**kwargs)

@@ -85,6 +85,13 @@ class ComparePane(Vertical):
             # Before the first answer the title says what would answer: the newest adapter.
             self.query_one("#tuned-column").border_subtitle = f"saved: {newest(adapters).label}"
 
+    def choose_adapter(self, key: str) -> bool:
+        """Make the Tuned column answer with saved adapter `key`; False if not offered."""
+        if key not in {k for _, k in self.adapter_options}:
+            return False
+        self.query_one("#adapter-choice", Select).value = key
+        return True
+
     def set_sources(self, base: str, tuned: str, answered: bool = True) -> None:
         """Title the columns: what answered (or, before any answer, what would)."""
         self.answered = answered
