@@ -3,7 +3,7 @@ memory of `Masker.encode`, with the character cap (what training does) and witho
 (the whole text tokenized, then truncated, as before the cap). Each side runs in its own
 process so peak RSS is its own.
 
-    python benchmarks/long_record.py MODEL_DIR [--mb 50] [--max-seq-len 1024]
+    python examples/bench_long_record.py MODEL_DIR [--mb 50] [--max-seq-len 1024]
 """
 
 import argparse
