@@ -44,14 +44,37 @@ def run_candidates(run_dir: Path, include: list[str]) -> list[Candidate]:
             seen[(st.st_dev, st.st_ino)] = a
             unique.append(a)
     out = [Candidate("base", None, None)]
-    out += [Candidate(f"{a.key.rsplit('/', 1)[-1]} (step {a.step})", None, a.path)
-            for a in reversed(unique)]
+    # The best adapter saved at the final step holds the final weights in files of its
+    # own: one column, named for both, rather than two that always agree.
+    names: dict[Path, list[str]] = {}
+    kept: list = []
+    for a in reversed(unique):
+        twin = next((k for k in kept if k.step == a.step and _same_weights(k.path, a.path)),
+                    None)
+        if twin is None:
+            kept.append(a)
+        names.setdefault((twin or a).path, []).append(a.key.rsplit("/", 1)[-1])
+    out += [Candidate(f"{' = '.join(sorted(names[a.path], key=_label_order))} (step {a.step})",
+                      None, a.path) for a in kept]
     for path in include:
         if not Path(path).exists():
             raise UserError(f"--include {path}: no such file or directory; pass a fused model "
                             "directory or a .gguf file")
         out.append(Candidate(Path(path).name, path, None))
     return out
+
+
+def _label_order(label: str) -> int:
+    return {"final": 0, "best": 1}.get(label, 2)
+
+
+def _same_weights(a: Path, b: Path) -> bool:
+    """Whether two adapters hold the same tensors (their files differ in save ids)."""
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    x, y = load_file(str(a / ADAPTER_WEIGHTS)), load_file(str(b / ADAPTER_WEIGHTS))
+    return x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x)
 
 
 def default_probes(run_dir: Path, limit: int) -> list[Probe]:

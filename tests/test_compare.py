@@ -25,8 +25,9 @@ def test_compare_answers_with_base_and_each_adapter_once_and_scores_them(
                  "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     models = [s["model"] for s in out["scores"]]
-    # base, then each distinct adapter by step: the final adapter shares checkpoint 4's files.
-    assert models == ["base", "step-000002 (step 2)", "best (step 4)", "final (step 4)"]
+    # base, then each distinct adapter by step: the final adapter shares checkpoint 4's
+    # files, and the best one (step 4 too) holds the same weights, so one column for all.
+    assert models == ["base", "step-000002 (step 2)", "final = best (step 4)"]
     assert [p["reference"] for p in out["prompts"]] == ["sum 5", "sum 8", None]
     for prompt in out["prompts"]:
         assert set(prompt["answers"]) == set(models)
@@ -40,15 +41,15 @@ def test_compare_answers_with_base_and_each_adapter_once_and_scores_them(
     tuned = evaluate_data(str(two), adapter=str(run), mask="last")
     scores = {s["model"]: s for s in out["scores"]}
     assert abs(scores["base"]["loss"] - base.loss) < 1e-5
-    assert abs(scores["final (step 4)"]["loss"] - tuned.loss) < 1e-5
-    assert scores["final (step 4)"]["loss"] < scores["base"]["loss"]
+    assert abs(scores["final = best (step 4)"]["loss"] - tuned.loss) < 1e-5
+    assert scores["final = best (step 4)"]["loss"] < scores["base"]["loss"]
     assert all(s["exact"] in (0.0, 0.5, 1.0) for s in out["scores"])
 
     capsys.readouterr()
     assert main(["compare", str(run), "--limit", "2", "--max-tokens", "2"]) == 0
     table = capsys.readouterr().out
     assert "[1] add" in table and "reference" in table and "model" in table
-    assert table.count("final (step 4)") == 3  # an answer per prompt and a score row
+    assert table.count("final = best (step 4)") == 3  # an answer per prompt and a score row
 
 
 def test_compare_errors_are_one_line(tmp_path, capsys):

@@ -114,10 +114,10 @@ def test_checkpoints_list_a_real_run_compare_fills_scores_and_a_row_sets_the_cha
             assert view.row_keys[0] == "base"
             shown = cells(app)
             # Each adapter's row has the scores of its own column; final shares step 4's
-            # files, so compare answers once for it (best is its own copy).
-            column = {"base": "base", "final": "best (step 4)", "best": "best (step 4)",
+            # files and best (step 4) holds the same weights, so compare answers once for all three.
+            column = {"base": "base", "final": "final = best (step 4)", "best": "final = best (step 4)",
                       "checkpoints/step-000002": "step-000002 (step 2)",
-                      "checkpoints/step-000004": "best (step 4)"}
+                      "checkpoints/step-000004": "final = best (step 4)"}
             for key, name in column.items():
                 s = summary[name]
                 assert shown[key]["ref loss"] == f"{s['loss']:.4f}", key
