@@ -38,6 +38,8 @@ class PreparedModel:
 
 def prepare_model(loaded, config: TrainConfig) -> PreparedModel:
     """Compute precision, LoRA (or unfreeze for full), gradient checkpointing, in place."""
+    import mlx.core as mx
+
     from mlxsft.lora import apply_lora, apply_neftune, count_parameters, lora_spec
     from mlxsft.models import to_compute_precision
 
@@ -53,6 +55,11 @@ def prepare_model(loaded, config: TrainConfig) -> PreparedModel:
         lora = lora_spec(model, config.lora_rank, config.lora_alpha, config.lora_dropout,
                          config.lora_layers, config.lora_targets, config.lora_scale,
                          dora=config.fine_tune == "dora")
+        # Seeded here, not before loading: building the model draws random numbers that
+        # depend on how it was loaded (GGUF, HF, quantized). So a seed gives the same LoRA
+        # A matrices whatever the source, and the same as mlx-lm's trainer, which seeds
+        # right before inserting its LoRA layers too.
+        mx.random.seed(config.seed)
         apply_lora(model, lora)
     apply_neftune(model, config.neftune_alpha)
     if config.grad_checkpoint:

@@ -58,3 +58,31 @@ def test_two_micro_batches_update_exactly_like_one_batch_of_their_rows(tiny_llam
         gap = float(mx.linalg.norm((update_one - update_two).reshape(-1)).item())
         size = float(mx.linalg.norm(update_one.reshape(-1)).item())
         assert size > 0 and gap < 1e-3 * size, (name, gap, size)
+
+
+def test_a_seed_gives_the_lora_init_mlx_lm_gives_whatever_ran_before(tiny_llama):
+    """The LoRA A matrices come from --seed alone: random numbers drawn before (building
+    the model, which depends on how it was loaded) do not move them, and they equal what
+    mlx-lm's trainer inserts for the same seed, keys and layers."""
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    from mlxsft.lora import linear_keys
+
+    config = TrainConfig(model=str(tiny_llama), seed=3, lora_rank=4, lora_alpha=8)
+    ours = []
+    for draws_before in (0, 5):
+        loaded = load_model(str(tiny_llama))
+        mx.random.uniform(shape=(draws_before,))  # other work that used the generator
+        prepare_model(loaded, config)
+        ours.append(dict(tree_flatten(loaded.model.trainable_parameters())))
+    peer = load_model(str(tiny_llama)).model
+    mx.random.seed(3)  # what mlx_lm.lora.train_model does, right before its LoRA layers
+    peer.freeze()
+    linear_to_lora_layers(peer, len(peer.layers),
+                          {"rank": 4, "scale": 2.0, "dropout": 0.0, "keys": linear_keys(peer)})
+    theirs = dict(tree_flatten(peer.trainable_parameters()))
+    assert set(ours[0]) == set(ours[1]) == set(theirs)
+    assert any(name.endswith("lora_a") for name in theirs)
+    for name, value in theirs.items():
+        assert mx.array_equal(ours[0][name], value), name
+        assert mx.array_equal(ours[1][name], value), name
