@@ -13,6 +13,10 @@ import subprocess
 import sys
 import time
 
+from need_mlxsft import require_mlxsft
+
+require_mlxsft(__file__)
+
 
 def one(model: str, mb: float, max_seq_len: int, capped: bool) -> dict:
     import mlxsft  # noqa: F401  (BLAS before mlx)
