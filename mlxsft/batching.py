@@ -1,9 +1,13 @@
 """Batches of similar-length records, padded to a few bucket sizes, or packed rows.
 
-Records are sorted by true token length and cut into batches, so a batch pads little;
-each batch is padded to the next bucket size (32, 48, 64, 96, 128, ... up to the
-longest record), so the compiled step sees a handful of shapes instead of a new one
-every step. Batch order is shuffled each epoch; membership stays length-sorted.
+Each epoch the records are shuffled and cut into batches, as most trainers do; each
+batch is padded to the next bucket size (32, 48, 64, 96, 128, ... up to the longest
+record), so the compiled step sees a handful of shapes instead of a new one every step.
+With --group-by-length the records are instead sorted by token length and cut into
+batches once (membership fixed, batch order shuffled each epoch): far less padding, but
+every batch then holds records of one length, which in a short run tuned the default
+model measurably worse (README, "Tuning quality"). Evaluation always groups by length:
+there the order changes nothing but the padding.
 
 With packing (--pack) several records share one max-seq-len row (first-fit, longest
 first) and each position carries its record's id, from which the loss builds a
@@ -102,16 +106,37 @@ def make_batch(items: Sequence[Tokenized], width: int, pad_id: int = 0) -> Batch
     return Batch(tokens, mask, np.array([min(len(i.tokens), width) for i in items]))
 
 
-def length_sorted_batches(items: Sequence[Tokenized], batch_size: int) -> list[list[int]]:
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     """Index lists of records sorted by length and cut into batches."""
-    order = sorted(range(len(items)), key=lambda i: len(items[i].tokens))
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def epoch_groups(lengths: Sequence[int], batch_size: int, group_by_length: bool = False,
+                 shuffle: bool = True, seed: int = 0) -> Iterator[list[list[int]]]:
+    """The batches (index lists) of each epoch in turn, forever.
+
+    Shuffled records cut into batches (the default), or length-sorted batches in a
+    shuffled order (group_by_length); without shuffle, length-sorted batches in order.
+    """
+    rng = np.random.default_rng(seed)
+    n = len(lengths)
+    fixed = (length_sorted_batches(lengths, batch_size) if group_by_length or not shuffle
+             else None)
+    while True:
+        if fixed is None:
+            order = rng.permutation(n).tolist()
+            yield [order[i:i + batch_size] for i in range(0, n, batch_size)]
+        elif shuffle:
+            yield [fixed[g] for g in rng.permutation(len(fixed))]
+        else:
+            yield fixed
 
 
 def iterate_batches(items: Sequence[Tokenized], batch_size: int, max_seq_len: int,
                     seed: int = 0, shuffle: bool = True, pad_id: int = 0,
-                    loop: bool = True) -> Iterator[Batch]:
-    """Batches forever (loop) or one pass; the batch order is reshuffled every epoch.
+                    loop: bool = True, group_by_length: bool = False) -> Iterator[Batch]:
+    """Batches forever (loop) or one pass, reshuffled every epoch (see `epoch_groups`).
 
     A batch smaller than batch_size (the dataset's tail) is padded with copies of its
     records whose loss mask is zeroed, so every step has the same batch dimension.
@@ -119,12 +144,11 @@ def iterate_batches(items: Sequence[Tokenized], batch_size: int, max_seq_len: in
     if not items:
         return
     sizes = bucket_sizes(max(max_seq_len, 2))
-    groups = length_sorted_batches(items, batch_size)
-    rng = np.random.default_rng(seed)
+    epochs = epoch_groups([len(i.tokens) for i in items], batch_size, group_by_length,
+                          shuffle, seed)
     while True:
-        order = rng.permutation(len(groups)) if shuffle else range(len(groups))
-        for g in order:
-            group = [items[i] for i in groups[g]]
+        for indices in next(epochs):
+            group = [items[i] for i in indices]
             width = bucket_for(max(len(i.tokens) for i in group), sizes)
             batch = make_batch(group, width, pad_id)
             missing = batch_size - len(group)
@@ -162,22 +186,28 @@ def first_fit(lengths: Sequence[int], width: int) -> list[list[int]]:
     return rows
 
 
-def padding_waste(lengths: Sequence[int], batch_size: int, max_seq_len: int) -> dict:
-    """Token slots the step computes for one epoch of these record lengths, bucketed
-    (length-sorted batches padded to a bucket, the tail batch filled) and packed
-    (--pack: rows of max_seq_len, the tail filled with empty rows), and the share of
-    each that is padding."""
+def padding_waste(lengths: Sequence[int], batch_size: int, max_seq_len: int,
+                  seed: int = 0) -> dict:
+    """Token slots the step computes for one epoch of these record lengths: shuffled
+    batches (the default; the first epoch of `seed`), length-grouped batches
+    (--group-by-length), each padded to its bucket with the tail batch filled, and
+    packed rows (--pack: rows of max_seq_len, the tail filled with empty rows); and the
+    share of each that is padding."""
     lengths = [min(n, max_seq_len) for n in lengths]
     real = sum(lengths)
     sizes = bucket_sizes(max(max_seq_len, 2))
-    ordered = sorted(lengths)
-    bucketed = sum(batch_size * bucket_for(max(ordered[i:i + batch_size]), sizes)
-                   for i in range(0, len(ordered), batch_size))
+
+    def slots(group_by_length: bool) -> int:
+        groups = next(epoch_groups(lengths, batch_size, group_by_length, seed=seed))
+        return sum(batch_size * bucket_for(max(lengths[i] for i in g), sizes) for g in groups)
+
+    shuffled, grouped = (slots(False), slots(True)) if lengths else (0, 0)
     rows = len(first_fit(lengths, max_seq_len))
     packed = -(-rows // batch_size) * batch_size * max_seq_len
-    return {"tokens": real, "bucketed_slots": bucketed, "packed_slots": packed,
-            "bucketed_padding": 1 - real / bucketed if bucketed else 0.0,
-            "packed_padding": 1 - real / packed if packed else 0.0}
+    share = lambda slots: 1 - real / slots if slots else 0.0  # noqa: E731
+    return {"tokens": real, "shuffled_slots": shuffled, "grouped_slots": grouped,
+            "packed_slots": packed, "shuffled_padding": share(shuffled),
+            "grouped_padding": share(grouped), "packed_padding": share(packed)}
 
 
 def make_packed_batch(rows: Sequence[Sequence[Tokenized]], width: int, pad_id: int = 0) -> Batch:

@@ -247,6 +247,10 @@ class _TrainOptions:
     grad_checkpoint: bool = grad_checkpoint_option()
     pack: bool = option(False, "pack several records into each max-seq-len row, each attending "
                         "only to itself (no padding; RoPE attention models)", "optimizer")
+    group_by_length: bool = option(False, "batch records of similar length together: less "
+                                   "padding, faster steps, but batches of one length can tune "
+                                   "worse in a short run (default: shuffled batches)",
+                                   "optimizer")
     seed: int = option(0, "random seed (data order, LoRA init, dropout)", "optimizer")
     steps_per_report: int = option(10, "report training loss every N steps",
                                    "evaluation and saving", check=_at_least(1))

@@ -256,10 +256,11 @@ def render_summary(report: SplitReport) -> str:
     out += histogram(report.lengths)
     if report.padding:
         p = report.padding
-        line = (f"  padding at batch {PADDING_BATCH}: {100 * p['bucketed_padding']:.0f}% of the "
-                f"step's tokens with length buckets, {100 * p['packed_padding']:.0f}% with --pack")
-        if p["packed_slots"] < 0.95 * p["bucketed_slots"]:  # worth a flag
-            line += (f"; --pack computes {100 * (1 - p['packed_slots'] / p['bucketed_slots']):.0f}"
+        line = (f"  padding at batch {PADDING_BATCH}: {100 * p['shuffled_padding']:.0f}% of the "
+                f"step's tokens in shuffled batches, {100 * p['grouped_padding']:.0f}% with "
+                f"--group-by-length, {100 * p['packed_padding']:.0f}% with --pack")
+        if p["packed_slots"] < 0.95 * p["shuffled_slots"]:  # worth a flag
+            line += (f"; --pack computes {100 * (1 - p['packed_slots'] / p['shuffled_slots']):.0f}"
                      "% fewer tokens per epoch")
         out.append(line)
 

@@ -124,8 +124,8 @@ def _shape(model) -> dict:
 
 
 def batch_shapes(lengths: list[int], supervised: list[int], config: TrainConfig):
-    """(rows, width, supervised positions) of every micro-batch of an epoch."""
-    from mlxsft.batching import bucket_for, bucket_sizes, first_fit
+    """(rows, width, supervised positions) of every micro-batch of the first epoch."""
+    from mlxsft.batching import bucket_for, bucket_sizes, epoch_groups, first_fit
 
     rows = config.batch_size
     sizes = bucket_sizes(max(config.max_seq_len, 2))
@@ -133,10 +133,9 @@ def batch_shapes(lengths: list[int], supervised: list[int], config: TrainConfig)
         packed = first_fit(lengths, config.max_seq_len)
         groups = [sum((r for r in packed[i:i + rows]), []) for i in range(0, len(packed), rows)]
         return [(rows, config.max_seq_len, sum(supervised[i] for i in g)) for g in groups]
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    groups = next(epoch_groups(lengths, rows, config.group_by_length, seed=config.seed))
     out = []
-    for i in range(0, len(order), rows):
-        group = order[i:i + rows]
+    for group in groups:
         width = bucket_for(max(lengths[j] for j in group), sizes)
         out.append((rows, width, sum(supervised[j] for j in group)))
     return out

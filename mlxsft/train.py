@@ -218,13 +218,18 @@ class Trainer:
         return result.loss, result.supervised, result.tokens
 
     def batches(self):
-        """Training micro-batches forever: length buckets, or packed rows (--pack)."""
+        """Training micro-batches forever: shuffled (or length-grouped) batches padded to
+        buckets, or packed rows (--pack)."""
         from mlxsft.batching import iterate_batches, iterate_packed_batches
 
         config = self.config
-        iterate = iterate_packed_batches if config.pack else iterate_batches
-        return iterate(self.data.train, config.batch_size, config.max_seq_len,
-                       seed=config.seed, pad_id=pad_id(self.loaded.tokenizer))
+        if config.pack:
+            return iterate_packed_batches(self.data.train, config.batch_size,
+                                          config.max_seq_len, seed=config.seed,
+                                          pad_id=pad_id(self.loaded.tokenizer))
+        return iterate_batches(self.data.train, config.batch_size, config.max_seq_len,
+                               seed=config.seed, pad_id=pad_id(self.loaded.tokenizer),
+                               group_by_length=config.group_by_length)
 
     def _rows_per_epoch(self) -> int:
         from mlxsft.batching import pack_rows
