@@ -7,7 +7,9 @@ response tokens only (mlx_lm's --mask-prompt). Both adapters are then scored the
 by `mlxsft eval` (response-only mean NLL on held-out records), next to the base:
 
     python examples/quality_vs_mlx_lm.py [--iters 40] [--learning-rate 1e-4]
-        [--schedule constant|cosine] [--warmup 0] [--only mlxsft]
+        [--schedule constant|cosine] [--warmup 0] [--seeds 0 1 2] [--only mlxsft]
+
+Adapters already in --work are reused, so a longer --seeds list only trains what is new.
 
 Model: the default SmolLM2-135M-Instruct. mlx_lm reads only Hugging Face / MLX model
 directories and the default model is a GGUF, so it is written once as a float32 MLX
@@ -112,7 +114,10 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=0, help="warmup steps (linear, from ~0)")
     ap.add_argument("--lora-rank", type=int, default=8)
     ap.add_argument("--lora-alpha", type=float, default=16.0)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                    help="one run of each trainer per seed (LoRA init and data order); the "
+                         "table gives each and their mean, since one seed's difference between "
+                         "the trainers is within seed-to-seed spread")
     ap.add_argument("--only", choices=("mlxsft", "mlx_lm"),
                     help="run one trainer (e.g. to try mlxsft settings); the other is skipped")
     args = ap.parse_args()
@@ -120,66 +125,88 @@ def main() -> None:
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     model, data = write_model(work / "model"), write_data(work / "data")
-    tag = (f"{args.schedule}-w{args.warmup}-lr{args.learning_rate:g}-{args.iters}x{args.batch_size}"
-           f"-seed{args.seed}")
     from mlxsft.lora import linear_keys
     from mlxsft.models import load_model
 
     keys = linear_keys(load_model(str(model)).model)
     scale = args.lora_alpha / args.lora_rank
-    results = {"base": held_out_nll(data, model, None, work / "eval-base.log")}
+    base = held_out_nll(data, model, None, work / "eval-base.log")
+    trainers = [t for t in ("mlxsft train", "mlx_lm lora")
+                if args.only is None or t.startswith(args.only + " ")]
+    results: dict[str, list[float]] = {t: [] for t in trainers}
+    for seed in args.seeds:
+        for trainer in trainers:
+            tune = train_mlxsft if trainer.startswith("mlxsft") else train_mlx_lm
+            adapter = tune(args, model, data, work, keys, scale, seed)
+            tag = adapter.name
+            results[trainer].append(held_out_nll(data, model, adapter, work / f"eval-{tag}.log"))
+            print(f"  seed {seed} {trainer}: {results[trainer][-1]:.4f}", file=sys.stderr,
+                  flush=True)
 
-    if args.only != "mlx_lm":
-        ours = work / f"mlxsft-{tag}"
-        run([str(Path(sys.executable).parent / "mlxsft"), "train", str(data), "--model", str(model),
-             "--out", str(ours), "--iters", str(args.iters), "--batch-size", str(args.batch_size),
-             "--learning-rate", str(args.learning_rate), "--lr-schedule", args.schedule,
-             "--warmup", str(args.warmup), "--lora-rank", str(args.lora_rank),
-             "--lora-alpha", str(args.lora_alpha), "--lora-dropout", "0", "--lora-layers", "-1",
-             "--weight-decay", "0", "--grad-clip", "0", "--seed", str(args.seed),
-             "--steps-per-eval", "0", "--steps-per-save", "0", "--max-seq-len", "1024"],
-            work / f"mlxsft-{tag}.log")
-        results["mlxsft train"] = held_out_nll(data, model, ours, work / f"eval-mlxsft-{tag}.log")
-
-    if args.only != "mlxsft":
-        peer = work / f"mlx_lm-{tag}"
-        schedule = None
-        if args.schedule == "cosine":
-            # mlx_lm's warmup runs from 0 over `warmup` steps, then the decay starts.
-            schedule = {"name": "cosine_decay",
-                        "arguments": [args.learning_rate, max(args.iters - args.warmup - 1, 1),
-                                      args.learning_rate * 0.1],
-                        "warmup": args.warmup}
-        elif args.warmup:
-            schedule = {"name": "linear_schedule",
-                        "arguments": [args.learning_rate, args.learning_rate, 1],
-                        "warmup": args.warmup}
-        config = {"model": str(model), "train": True, "data": str(data), "iters": args.iters,
-                  "batch_size": args.batch_size, "learning_rate": args.learning_rate,
-                  "lr_schedule": schedule, "optimizer": "adam", "num_layers": -1,
-                  "lora_parameters": {"rank": args.lora_rank, "scale": scale, "dropout": 0.0,
-                                      "keys": keys},
-                  "mask_prompt": True, "max_seq_length": 1024, "seed": args.seed,
-                  "steps_per_report": 10, "steps_per_eval": 10 * args.iters,
-                  "val_batches": 1, "save_every": 10 * args.iters, "adapter_path": str(peer)}
-        config_path = work / f"mlx_lm-{tag}.yaml"
-        config_path.write_text(json.dumps(config, indent=1))  # JSON is YAML
-        # The same OpenBLAS as mlxsft (imported first), so neither trainer is slowed by
-        # MLX's bundled reference BLAS on Linux; the numbers do not depend on it.
-        run([sys.executable, "-c", "import mlxsft, sys; from mlx_lm.lora import main; "
-             "sys.argv[0] = 'mlx_lm.lora'; main()", "--config", str(config_path)],
-            work / f"mlx_lm-{tag}.log")
-        results["mlx_lm lora"] = held_out_nll(data, model, peer, work / f"eval-mlx_lm-{tag}.log")
-
-    base = results["base"]
     print(f"SmolLM2-135M-Instruct (float32), ChatterBot corpus: {TRAIN_RECORDS} train / "
           f"{HELD_OUT} held-out records; {args.iters} steps x batch {args.batch_size}, "
           f"LoRA rank {args.lora_rank} scale {scale:g} on {len(keys)} projections x every layer, "
-          f"Adam, lr {args.learning_rate:g} {args.schedule}, warmup {args.warmup}")
-    print(f"{'':14} held-out NLL (nats/token, response only)   change vs base")
-    for name, nll in results.items():
-        change = "" if name == "base" else f"{100 * (nll - base) / base:+.1f}%"
-        print(f"{name:14} {nll:.4f}{'':36}{change}")
+          f"Adam, lr {args.learning_rate:g} {args.schedule}, warmup {args.warmup}; "
+          f"seeds {' '.join(map(str, args.seeds))}")
+    seeds = "".join(f"  seed {s:<3}" for s in args.seeds)
+    print(f"{'':14} held-out NLL (nats/token, response only){seeds}    mean   change vs base")
+    print(f"{'base':14} {base:.4f}")
+    for name, nlls in results.items():
+        mean = sum(nlls) / len(nlls)
+        per_seed = "".join(f"  {x:<8.4f}" for x in nlls)
+        print(f"{name:14} {'':39}{per_seed}  {mean:.4f}  {100 * (mean - base) / base:+.1f}%")
+
+
+def tag_of(args, seed: int) -> str:
+    return (f"{args.schedule}-w{args.warmup}-lr{args.learning_rate:g}-{args.iters}x"
+            f"{args.batch_size}-seed{seed}")
+
+
+def train_mlxsft(args, model: Path, data: Path, work: Path, keys, scale, seed: int) -> Path:
+    ours = work / f"mlxsft-{tag_of(args, seed)}"
+    if not (ours / "adapters.safetensors").exists():
+        run([str(Path(sys.executable).parent / "mlxsft"), "train", str(data), "--model",
+             str(model), "--out", str(ours), "--iters", str(args.iters), "--batch-size",
+             str(args.batch_size), "--learning-rate", str(args.learning_rate), "--lr-schedule",
+             args.schedule, "--warmup", str(args.warmup), "--lora-rank", str(args.lora_rank),
+             "--lora-alpha", str(args.lora_alpha), "--lora-dropout", "0", "--lora-layers", "-1",
+             "--weight-decay", "0", "--grad-clip", "0", "--seed", str(seed),
+             "--steps-per-eval", "0", "--steps-per-save", "0", "--max-seq-len", "1024"],
+            work / f"{ours.name}.log")
+    return ours
+
+
+def train_mlx_lm(args, model: Path, data: Path, work: Path, keys, scale, seed: int) -> Path:
+    peer = work / f"mlx_lm-{tag_of(args, seed)}"
+    if (peer / "adapters.safetensors").exists():
+        return peer
+    schedule = None
+    if args.schedule == "cosine":
+        # mlx_lm's warmup runs from 0 over `warmup` steps, then the decay starts.
+        schedule = {"name": "cosine_decay",
+                    "arguments": [args.learning_rate, max(args.iters - args.warmup - 1, 1),
+                                  args.learning_rate * 0.1],
+                    "warmup": args.warmup}
+    elif args.warmup:
+        schedule = {"name": "linear_schedule",
+                    "arguments": [args.learning_rate, args.learning_rate, 1],
+                    "warmup": args.warmup}
+    config = {"model": str(model), "train": True, "data": str(data), "iters": args.iters,
+              "batch_size": args.batch_size, "learning_rate": args.learning_rate,
+              "lr_schedule": schedule, "optimizer": "adam", "num_layers": -1,
+              "lora_parameters": {"rank": args.lora_rank, "scale": scale, "dropout": 0.0,
+                                  "keys": keys},
+              "mask_prompt": True, "max_seq_length": 1024, "seed": seed,
+              "steps_per_report": 10, "steps_per_eval": 10 * args.iters,
+              "val_batches": 1, "save_every": 10 * args.iters, "adapter_path": str(peer)}
+    config_path = work / f"{peer.name}.yaml"
+    config_path.write_text(json.dumps(config, indent=1))  # JSON is YAML
+    # The same OpenBLAS as mlxsft (imported first), so neither trainer is slowed by
+    # MLX's bundled reference BLAS on Linux; the numbers do not depend on it.
+    run([sys.executable, "-c", "import mlxsft, sys; from mlx_lm.lora import main; "
+         "sys.argv[0] = 'mlx_lm.lora'; main()", "--config", str(config_path)],
+        work / f"{peer.name}.log")
+    return peer
 
 
 if __name__ == "__main__":
