@@ -97,6 +97,16 @@ def recompute_swiglu(model) -> None:
             module.swiglu = lighter
 
 
+def swiglu_recomputed(model) -> bool:
+    """Whether the model's MLPs call the checkpointed swiglu (`recompute_swiglu`)."""
+    import sys
+
+    lighter = _SWIGLU.get("swiglu")
+    return lighter is not None and any(
+        getattr(sys.modules.get(type(m).__module__), "swiglu", None) is lighter
+        for _, m in model.named_modules())
+
+
 def _checkpointed(layer) -> None:
     """Recompute this layer's activations in the backward pass (this instance only)."""
     import mlx.core as mx
