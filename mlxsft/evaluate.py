@@ -37,7 +37,7 @@ def mean_nll(model, items: Sequence[Tokenized], batch_size: int, max_seq_len: in
         if 0 <= max_batches <= i:
             break
         if loss is not None:
-            s, n = loss(model, *loss.arrays(batch))
+            s, n = loss(model, *loss.arrays(batch), gradient=False)
         else:
             s, n = masked_nll_sum(model, mx.array(batch.tokens), mx.array(batch.loss_mask))
         mx.eval(s, n)

@@ -11,7 +11,9 @@ a step. `SupervisedLoss` therefore runs the model's body, gathers the final hidd
 states at the supervised positions only, and applies the head there (the final norm and
 any logit soft-capping act per position, so they commute with the gather). The
 cross-entropy is computed in row chunks, each recomputed in the backward pass, so no
-rows x vocabulary array exists whole. Whether a model's head can be separated is not
+rows x vocabulary array exists whole. With a frozen head (LoRA) nothing is recomputed:
+each chunk's gradient with respect to its hidden states is taken in the forward pass,
+right after its logits (`fused_nll`). Whether a model's head can be separated is not
 assumed: it is checked once on the model itself against its own full forward pass, and
 a model that fails falls back to full logits (with one note saying so).
 
@@ -25,10 +27,13 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
+from mlx.utils import tree_flatten
 
 # Rows per cross-entropy chunk are chosen so one chunk's logits hold about this many
 # floats (128 MB); a smaller head is computed in one piece, with no recomputation.
 CHUNK_ELEMENTS = 1 << 25
+# With a frozen head (`fused_nll`) chunks cost nothing extra: 16 MB of logits at a time.
+FUSED_CHUNK_ELEMENTS = 1 << 22
 
 
 def masked_nll_sum(model, tokens: mx.array, loss_mask: mx.array) -> tuple[mx.array, mx.array]:
@@ -135,10 +140,13 @@ def run_body(model, body_name: str, inputs: mx.array, segments=None) -> mx.array
 
 
 def run_head(model, body_name: str, hidden: mx.array) -> mx.array:
-    """Logits for hidden states (1, K, D) through the model's own head code."""
-    proxy = _HeadOnly(model, body_name, _Given(getattr(model, body_name), hidden))
-    dummy = mx.zeros(hidden.shape[:2], mx.int32)
-    return type(model).__call__(proxy, dummy)
+    """Float32 logits (K, V) for hidden states (K, D) through the model's own head code
+    (which sees them as one row of K positions)."""
+    proxy = _HeadOnly(model, body_name, _Given(getattr(model, body_name), hidden[None]))
+    dummy = mx.zeros((1, hidden.shape[0]), mx.int32)
+    # squeeze, not [0]: indexing copies the whole (K, V) logits on MLX's CPU backend.
+    logits = type(model).__call__(proxy, dummy).squeeze(0)
+    return logits if logits.dtype == mx.float32 else logits.astype(mx.float32)
 
 
 def separable_head(model) -> tuple[str | None, str | None]:
@@ -156,8 +164,8 @@ def separable_head(model) -> tuple[str | None, str | None]:
         full = model(x).astype(mx.float32)
         hidden = run_body(model, name, x)
         pick = mx.array([1, 4, 10, 17], mx.int32)
-        flat = hidden.reshape(-1, hidden.shape[-1])[pick][None]
-        split = run_head(model, name, flat).astype(mx.float32)[0]
+        flat = hidden.reshape(-1, hidden.shape[-1])[pick]
+        split = run_head(model, name, flat)
         want = full.reshape(-1, full.shape[-1])[pick]
         if split.shape != want.shape:
             return None, f"its head returned shape {split.shape}, expected {want.shape}"
@@ -200,8 +208,15 @@ def packing_problem(model) -> str | None:
         model.train(was_training)
 
 
-def chunk_rows(vocab: int, rows: int) -> int:
-    return max(1, min(rows, CHUNK_ELEMENTS // max(vocab, 1)))
+def chunk_rows(vocab: int, rows: int, elements: int | None = None) -> int:
+    return max(1, min(rows, (elements or CHUNK_ELEMENTS) // max(vocab, 1)))
+
+
+def head_is_frozen(model, body_name: str) -> bool:
+    """True when every trainable parameter is inside the body's layers (LoRA, DoRA): the
+    head (LM head, tied embedding, final norm) then takes no gradient."""
+    inside = f"{body_name}.layers."
+    return all(name.startswith(inside) for name, _ in tree_flatten(model.trainable_parameters()))
 
 
 class SupervisedLoss:
@@ -209,6 +224,8 @@ class SupervisedLoss:
 
     Gathers supervised positions before the head when the model's head separates (see
     the module docstring), otherwise computes full logits; `note` says which, once.
+    With a frozen head (LoRA) the head's cross-entropy gradient is computed in the
+    forward pass (`fused_nll`); pass `gradient=False` when none is taken (evaluation).
     """
 
     def __init__(self, model):
@@ -231,7 +248,7 @@ class SupervisedLoss:
         return (mx.array(batch.tokens), mx.array(positions), mx.array(targets),
                 mx.array(weights), segments)
 
-    def __call__(self, model, *arrays):
+    def __call__(self, model, *arrays, gradient: bool = True):
         if not self.gathered:
             tokens, loss_mask, segments = arrays
             inputs, targets = tokens[:, :-1], tokens[:, 1:]
@@ -244,7 +261,10 @@ class SupervisedLoss:
         hidden = run_body(model, self.body_name, tokens[:, :-1],
                           None if segments is None else segments[:, :-1])
         picked = hidden.reshape(-1, hidden.shape[-1])[positions]
-        nll = self._chunked_nll(model, picked, targets)
+        if gradient and head_is_frozen(model, self.body_name):
+            nll = fused_nll(model, self.body_name, picked, targets, self.vocab)
+        else:
+            nll = self._chunked_nll(model, picked, targets)
         # The count is summed once: mlx 0.32.4's compiler miscounted a mask summed twice.
         return (nll * weights).sum(), weights.sum()
 
@@ -254,8 +274,7 @@ class SupervisedLoss:
         name = self.body_name
 
         def nll(h, t):
-            logits = run_head(model, name, h[None])[0].astype(mx.float32)
-            return nn.losses.cross_entropy(logits, t)
+            return nn.losses.cross_entropy(run_head(model, name, h), t)
 
         if step >= rows:
             return nll(hidden, targets)
@@ -272,3 +291,44 @@ class SupervisedLoss:
         parts = [checkpointed(params, hidden[i:i + step], targets[i:i + step])
                  for i in range(0, rows, step)]
         return mx.concatenate(parts)
+
+
+def fused_nll(model, body_name: str, hidden: mx.array, targets: mx.array,
+              vocab: int) -> mx.array:
+    """Per-row NLL of hidden states (K, D) through a frozen head, whose gradient with
+    respect to `hidden` is computed in the forward pass, one chunk of rows at a time.
+
+    Row i's gradient is (softmax(z_i) - onehot(t_i)) pulled back through the head (its
+    own vjp: W for a linear head); it needs only that chunk's logits z, so it is taken
+    while they exist and the backward pass just scales the stored (K, D) gradient by each
+    row's cotangent. No logits are kept for the backward pass and none are recomputed
+    (the head's matmuls are the ones the plain backward does). Each chunk waits for the
+    previous one (`mx.depends`): MLX would otherwise run them side by side, all their
+    logits alive at once. The head's parameters get no gradient: only for a frozen head.
+    """
+    rows = hidden.shape[0]
+    step = chunk_rows(vocab, rows, FUSED_CHUNK_ELEMENTS)
+
+    def head(h):
+        return run_head(model, body_name, h)
+
+    @mx.custom_function
+    def nll_and_gradient(h, t):
+        nlls, grads = [], []
+        for i in range(0, rows, step):
+            h_i, t_i = h[i:i + step], t[i:i + step]
+            if grads:
+                h_i = mx.depends(h_i, grads[-1])
+            logits = head(h_i)
+            lse = mx.logsumexp(logits, axis=-1, keepdims=True)
+            nlls.append((lse - mx.take_along_axis(logits, t_i[:, None], -1))[:, 0])
+            # softmax - onehot in one fused elementwise pass (the step is compiled).
+            d_logits = mx.exp(logits - lse) - (mx.arange(logits.shape[-1]) == t_i[:, None])
+            grads.append(mx.vjp(head, [h_i], [d_logits])[1][0])
+        return mx.concatenate(nlls), mx.concatenate(grads)
+
+    @nll_and_gradient.vjp
+    def _scaled(primals, cotangents, outputs):
+        return cotangents[0][:, None] * outputs[1], mx.zeros_like(primals[1])
+
+    return nll_and_gradient(hidden, mx.stop_gradient(targets))[0]

@@ -27,9 +27,11 @@ from dataclasses import asdict, dataclass, replace
 
 from mlxsft.config import TrainConfig
 
-# Floats kept for the backward pass per token and layer: x hidden width, x MLP width.
+# Floats kept for the backward pass per token and layer: x hidden width, x MLP width
+# (3 when SwiGLU's silu is recomputed in the backward pass, `mlxsft.step`).
 HIDDEN_FLOATS = 14
 MLP_FLOATS = 5
+MLP_FLOATS_RECOMPUTED = 3
 # Attention: probabilities and their gradient, per head and key.
 SCORE_FLOATS = 2
 # Logits: the float32 logits, their softmax and their gradient, per row and entry.
@@ -149,7 +151,8 @@ def estimate(model, config: TrainConfig, lengths: list[int], supervised: list[in
 
     from mlxsft.batching import position_bucket
     from mlxsft.bench import flops_per_token
-    from mlxsft.loss import CHUNK_ELEMENTS
+    from mlxsft.loss import CHUNK_ELEMENTS, FUSED_CHUNK_ELEMENTS
+    from mlxsft.step import swiglu_recomputed
 
     s = _shape(model)
     weights = float(sum(p.nbytes for _, p in tree_flatten(model.parameters())))
@@ -158,7 +161,8 @@ def estimate(model, config: TrainConfig, lengths: list[int], supervised: list[in
     shapes = batch_shapes(lengths, supervised, config) or [(config.batch_size, 2, 1)]
     rows, width, _ = max(shapes, key=lambda b: b[0] * b[1])
     tokens = rows * width
-    per_layer = tokens * (HIDDEN_FLOATS * s["width"] + MLP_FLOATS * s["mlp"])
+    mlp_floats = MLP_FLOATS_RECOMPUTED if swiglu_recomputed(model) else MLP_FLOATS
+    per_layer = tokens * (HIDDEN_FLOATS * s["width"] + mlp_floats * s["mlp"])
     scores = rows * s["heads"] * width * width * SCORE_FLOATS
     if config.grad_checkpoint:
         # Each layer's input, and one layer recomputed with its gradient in flight.
@@ -168,7 +172,9 @@ def estimate(model, config: TrainConfig, lengths: list[int], supervised: list[in
     if gathered:
         most = max(b[2] for b in shapes)
         k = position_bucket(most, rows * (width - 1))
-        logits = 4.0 * LOGIT_FLOATS * min(k * s["vocab"], CHUNK_ELEMENTS)
+        # A frozen head (LoRA, DoRA) takes its gradient chunk by chunk in the forward pass.
+        chunk = FUSED_CHUNK_ELEMENTS if config.fine_tune != "full" else CHUNK_ELEMENTS
+        logits = 4.0 * LOGIT_FLOATS * min(k * s["vocab"], chunk)
     else:
         logits = 4.0 * LOGIT_FLOATS * tokens * s["vocab"]
     seconds = None

@@ -86,3 +86,44 @@ def test_a_seed_gives_the_lora_init_mlx_lm_gives_whatever_ran_before(tiny_llama)
     for name, value in theirs.items():
         assert mx.array_equal(ours[0][name], value), name
         assert mx.array_equal(ours[1][name], value), name
+
+
+def test_recomputed_swiglu_gives_the_same_loss_and_gradients():
+    import importlib
+
+    import mlx.nn as nn
+    from mlx_lm.models import activations
+
+    from mlxsft.loss import masked_nll_sum
+    from mlxsft.step import recompute_swiglu
+
+    module = importlib.import_module("mlx_lm.models.qwen2")
+    config = {"model_type": "qwen2", "hidden_size": 64, "num_hidden_layers": 2,
+              "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "rms_norm_eps": 1e-5, "vocab_size": 300, "tie_word_embeddings": False}
+    mx.random.seed(0)
+    model = module.Model(module.ModelArgs.from_dict(config))
+    model.freeze()
+    for layer in model.layers:
+        layer.mlp.unfreeze()
+    rng = np.random.default_rng(0)
+    tokens = mx.array(rng.integers(0, 300, (2, 17)), mx.int32)
+    mask = mx.array(rng.random((2, 17)) < 0.5, mx.float32)
+
+    def grads():
+        (total, _), g = nn.value_and_grad(model, masked_nll_sum)(model, tokens, mask)
+        return total.item(), dict(tree_flatten(g))
+
+    saved = module.swiglu  # an earlier test's prepare_model may have swapped it already
+    try:
+        module.swiglu = activations.swiglu
+        want_total, want = grads()
+        recompute_swiglu(model)
+        assert module.swiglu is not saved  # the model's module now calls the lighter one
+        got_total, got = grads()
+    finally:
+        module.swiglu = saved
+    assert abs(got_total - want_total) <= 1e-6 * abs(want_total)
+    assert want.keys() == got.keys() and any("gate_proj" in k for k in got)
+    for name in want:
+        assert float(mx.abs(want[name] - got[name]).max().item()) <= 1e-6, name

@@ -76,6 +76,48 @@ def test_gathered_loss_and_gradients_equal_the_full_logits(arch, chunked, monkey
         assert diff <= 1e-5, (name, diff)
 
 
+@pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize("chunked", [False, True])
+def test_with_a_frozen_head_the_fused_loss_has_the_full_logit_gradients(arch, chunked,
+                                                                         monkeypatch):
+    if chunked:  # 300-token vocabulary: chunks of 16 rows, run one after another
+        monkeypatch.setattr(loss_module, "FUSED_CHUNK_ELEMENTS", 16 * 300)
+    model = build(arch)
+    model.freeze()
+    for layer in model.layers:  # the layers train, the head and embedding do not (as LoRA)
+        layer.unfreeze()
+    batch = batch_of()
+    loss = SupervisedLoss(model)
+    assert loss_module.head_is_frozen(model, loss.body_name)
+    calls = []
+    fused = loss_module.fused_nll
+    monkeypatch.setattr(loss_module, "fused_nll", lambda *a: calls.append(1) or fused(*a))
+    want_total, want_count, want = grads_of(model, masked_nll_sum, mx.array(batch.tokens),
+                                            mx.array(batch.loss_mask))
+    got_total, got_count, got = grads_of(model, loss, *loss.arrays(batch))
+    assert calls  # the fused path is the one measured
+    assert got_count == want_count
+    assert abs(got_total - want_total) <= 1e-5 * max(1.0, abs(want_total))
+    assert want.keys() == got.keys() and len(got) > 0
+    for name in want:
+        diff = float(mx.abs(want[name] - got[name]).max().item())
+        assert diff <= 1e-5, (name, diff)
+    # Evaluation takes no gradient: the plain chunks, the same loss.
+    calls.clear()
+    total, count = loss(model, *loss.arrays(batch), gradient=False)
+    assert not calls and abs(total.item() - want_total) <= 1e-5 * max(1.0, abs(want_total))
+
+
+def test_a_trainable_head_is_not_fused():
+    model = build("qwen2")
+    model.freeze()
+    model.lm_head.unfreeze()
+    assert not loss_module.head_is_frozen(model, "model")
+    model.freeze()
+    model.layers[0].unfreeze()
+    assert loss_module.head_is_frozen(model, "model")
+
+
 def test_a_head_that_is_not_per_position_falls_back_to_full_logits():
     llama = importlib.import_module("mlx_lm.models.llama")
 
