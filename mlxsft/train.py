@@ -510,7 +510,7 @@ class Trainer:
     def _lost_peer(self, step: int, e: BaseException) -> ev.Failed:
         last_good = self._last_checkpoint()
         return ev.Failed(step, self.world.said(
-            f"lost the connection to another rank after step {step} ({_first_line(e)}); "
+            f"lost the connection to another rank at step {step} ({_first_line(e)}); "
             f"every rank stops. The last good adapter is {last_good or 'not saved (none yet)'}"),
             last_good, self.world.rank)
 
