@@ -315,10 +315,13 @@ def cmd_compare(args) -> int:
 # -- bench -----------------------------------------------------------------------------
 def cmd_bench(args) -> int:
     from mlxsft.bench import run_bench
+    from mlxsft.distributed import join
 
     config = build_config(args, cls=BenchConfig)
-    result = run_bench(config)
-    print(json.dumps(result.to_json()) if config.json else result.render())
+    world = join()  # under mlx.launch: time the data-parallel step; rank 0 prints
+    result = run_bench(config, world)
+    if world.leader:
+        print(json.dumps(result.to_json()) if config.json else result.render())
     return 0
 
 
