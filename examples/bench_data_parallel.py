@@ -23,6 +23,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from need_mlxsft import require_mlxsft
+
+require_mlxsft(__file__)  # the venv's mlxsft and mlx.launch are run beside this Python
 BIN = Path(sys.executable).parent
 
 
