@@ -96,6 +96,14 @@ class World:
         rank = self.rank if rank is None else rank
         return f"rank {rank} ({self.hosts[rank]})"
 
+    def describe(self, batch_size: int, grad_accum: int) -> str:
+        """The run's first word on its ranks and its global batch."""
+        hosts = ", ".join(sorted(set(self.hosts)))
+        accum = f" x --grad-accum {grad_accum}" if grad_accum > 1 else ""
+        return (f"data-parallel on {self.size} ranks ({hosts}): a global batch of "
+                f"{batch_size * self.size} records = --batch-size {batch_size} per rank x "
+                f"{self.size} ranks{accum}; --learning-rate applies to that global batch")
+
     def said(self, message: str) -> str:
         """A message as this rank says it (unchanged in a one-process run)."""
         return f"{self.name()}: {message}" if self.distributed else message

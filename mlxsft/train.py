@@ -95,6 +95,10 @@ class Trainer:
         yield ev.Setup("tokenize", f"tokenizing {records} records")
         self.data = prepare_data(config, self.loaded.tokenizer, splits)
         self.prepare_model()
+        if self.world.rank:
+            # The LoRA init above is every rank's (one seed); dropout and NEFTune noise
+            # from here on differ per rank, as their batches do.
+            mx.random.seed(config.seed + self.world.rank)
         self.messages = notes + self.loaded.notes + self.data.messages
 
     def _probes(self, splits) -> list:
@@ -306,7 +310,7 @@ class Trainer:
             check_setup(world, [start_step, *data_fingerprint(self.data.train),
                                 len(self.data.valid), total_steps])
             if world.distributed:
-                messages.append(_data_parallel_note(world, config))
+                messages.append(world.describe(config.batch_size, config.grad_accum))
                 if world.watchdog is not None and world.leader:
                     world.watchdog.last_good = self._last_checkpoint
             if world.leader:
@@ -534,14 +538,6 @@ def eval_interval(config: TrainConfig, per_epoch: float) -> int:
     if every >= 1:
         return int(every)
     return max(1, round(every * per_epoch))
-
-
-def _data_parallel_note(world: World, config: TrainConfig) -> str:
-    hosts = ", ".join(sorted(set(world.hosts)))
-    accum = f" x --grad-accum {config.grad_accum}" if config.grad_accum > 1 else ""
-    return (f"data-parallel on {world.size} ranks ({hosts}): a global batch of "
-            f"{config.batch_size * world.size} records = --batch-size {config.batch_size} per "
-            f"rank x {world.size} ranks{accum}; --learning-rate applies to that global batch")
 
 
 def train(config: TrainConfig, loaded=None, should_stop=None,

@@ -171,3 +171,31 @@ def test_evaluation_shards_sum_to_the_whole(tiny_llama):
     parts = [nll_sums(model, items, 2, 64, shard=(r, 2)) for r in range(2)]
     assert sum(c for _, c in parts) == count == sum(sum(i.loss_mask[1:]) for i in items)
     assert abs(sum(t for t, _ in parts) - total) < 1e-4 * total
+
+
+class FakeWorld(World):
+    """Rank 0 of three whose gather returns the rows given (what the others brought)."""
+
+    def __init__(self, others):
+        super().__init__(0, 3, ["mini", "studio", "air"])
+        self.others = others
+
+    def gather(self, row, what):
+        return [row, *self.others]
+
+
+def test_setup_stops_every_rank_unless_all_set_up_alike():
+    from mlxsft.distributed import RunStopped, check_setup
+
+    mine = [0, 64, 12345, 8, 30]  # start step, records, checksum, validation records, steps
+    check_setup(FakeWorld([[OK, *mine], [OK, *mine]]), mine)
+    with pytest.raises(RunStopped, match=r"^rank 2 \(air\) could not set up"):
+        check_setup(FakeWorld([[OK, *mine], [FAILED, 0, 0, 0, 0, 0]]), mine)
+    with pytest.raises(RunStopped, match=r"^rank 1 \(studio\) would resume at step 3 and "
+                                         r"rank 0 \(mini\) at step 0"):
+        check_setup(FakeWorld([[OK, 3, *mine[1:]], [OK, *mine]]), mine)
+    with pytest.raises(RunStopped, match=r"^rank 1 \(studio\) tokenized other data than rank 0 "
+                                         r"\(mini\) \(64 training records, 64 on rank 0"):
+        check_setup(FakeWorld([[OK, 0, 64, 999, 8, 30], [OK, *mine]]), mine)
+    # A rank whose own setup failed only tells the others (its own error follows).
+    check_setup(FakeWorld([[OK, *mine], [OK, *mine]]), None)
