@@ -177,3 +177,50 @@ def test_a_killed_rank_stops_the_other_with_a_message(tiny_llama, tiny_data, tmp
     last = Path(failed[0]["last_good_checkpoint"])
     assert last.parent.name == "checkpoints" and (last / "adapters.safetensors").exists()
     assert not (out / "adapters.safetensors").exists()  # no final adapter from a broken step
+
+
+def test_ctrl_c_stops_every_rank_after_the_same_step_and_rank_0_saves(
+        tiny_llama, tiny_data, tmp_path):
+    """Ctrl-C reaches every process of the terminal's group: the launcher and each rank."""
+    out = tmp_path / "interrupted"
+    args = train_args(tiny_llama, tiny_data, out, 2, 1, 100000)
+    command = [str(BIN / "mlx.launch"), "-n", "2", "--backend", "ring",
+               "-p", str(free_port_pair()), "--", str(BIN / "mlxsft"), *args]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and not any(
+                e["event"] == "train" and e["step"] >= 4 for e in read_metrics(out)):
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    events = read_metrics(out)
+    finished = [e for e in events if e["event"] == "finished"]
+    assert len(finished) == 1 and finished[0]["stopped_early"]
+    step = finished[0]["step"]
+    assert any(e["event"] == "warning" and "got SIGINT: every rank stops after step "
+               f"{step}" in e["message"] for e in events)
+    assert max(e["step"] for e in events if e["event"] == "train") == step
+    assert json.loads((out / "adapter_config.json").read_text())["step"] == step
+
+
+def test_bench_under_mlx_launch_prints_the_group_and_its_scaling(tiny_llama):
+    command = [str(BIN / "mlx.launch"), "-n", "2", "--backend", "ring",
+               "-p", str(free_port_pair()), "--", str(BIN / "mlxsft"), "bench", "--model",
+               str(tiny_llama), "--batch-size", "2", "--seq-len", "32", "--steps", "2",
+               "--warmup", "1", "--json"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert len(results) == 1, done.stdout + done.stderr  # rank 0 alone prints
+    result = results[0]
+    assert result["world_size"] == 2 and result["solo_tokens_per_second"] > 0
+    # Two ranks process 2 x 2 rows of 32 tokens a step: the group's count, not one rank's.
+    assert result["tokens_per_second"] * result["seconds_per_step"] == pytest.approx(128)
+    assert result["scaling"] == pytest.approx(
+        result["tokens_per_second"] / result["solo_tokens_per_second"])
