@@ -49,10 +49,27 @@ def train_args(model, data, out, batch_size, grad_accum=1, iters=6, *extra):
             "--learning-rate", "1e-3", *extra]
 
 
+def launched(args, ranks=2) -> list[str]:
+    return [str(BIN / "mlx.launch"), "-n", str(ranks), "--backend", "ring",
+            "-p", str(free_port_pair()), "--", str(BIN / "mlxsft"), *args]
+
+
 def launch(args, ranks=2, timeout=300) -> subprocess.CompletedProcess:
-    command = [str(BIN / "mlx.launch"), "-n", str(ranks), "--backend", "ring",
-               "-p", str(free_port_pair()), "--", str(BIN / "mlxsft"), *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(launched(args, ranks), capture_output=True, text=True, timeout=timeout)
+
+
+def start(args, **popen) -> subprocess.Popen:
+    return subprocess.Popen(launched(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, **popen)
+
+
+def wait_for(out: Path, proc: subprocess.Popen, seen, timeout=180) -> None:
+    """Until an event of the run satisfies `seen` (the launch still running)."""
+    deadline = time.monotonic() + timeout
+    while not any(seen(e) for e in read_metrics(out)):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the run never got there"
+        time.sleep(0.5)
 
 
 def alone(args, timeout=300) -> subprocess.CompletedProcess:
@@ -149,17 +166,9 @@ def _rank_pid(out: Path, rank: int) -> int | None:
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc")
 def test_a_killed_rank_stops_the_other_with_a_message(tiny_llama, tiny_data, tmp_path):
     out = tmp_path / "killed"
-    args = train_args(tiny_llama, tiny_data, out, 2, 1, 100000, "--peer-timeout", "30")
-    command = [str(BIN / "mlx.launch"), "-n", "2", "--backend", "ring",
-               "-p", str(free_port_pair()), "--", str(BIN / "mlxsft"), *args]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start(train_args(tiny_llama, tiny_data, out, 2, 1, 100000, "--peer-timeout", "30"))
     try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and not any(
-                e["event"] == "checkpoint" and "checkpoints" in e["path"]
-                for e in read_metrics(out)):
-            assert proc.poll() is None, proc.communicate()
-            time.sleep(0.5)
+        wait_for(out, proc, lambda e: e["event"] == "checkpoint" and "checkpoints" in e["path"])
         victim = _rank_pid(out, 1)
         assert victim is not None
         killed = time.monotonic()
@@ -183,17 +192,9 @@ def test_ctrl_c_stops_every_rank_after_the_same_step_and_rank_0_saves(
         tiny_llama, tiny_data, tmp_path):
     """Ctrl-C reaches every process of the terminal's group: the launcher and each rank."""
     out = tmp_path / "interrupted"
-    args = train_args(tiny_llama, tiny_data, out, 2, 1, 100000)
-    command = [str(BIN / "mlx.launch"), "-n", "2", "--backend", "ring",
-               "-p", str(free_port_pair()), "--", str(BIN / "mlxsft"), *args]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = start(train_args(tiny_llama, tiny_data, out, 2, 1, 100000), start_new_session=True)
     try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and not any(
-                e["event"] == "train" and e["step"] >= 4 for e in read_metrics(out)):
-            assert proc.poll() is None, proc.communicate()
-            time.sleep(0.5)
+        wait_for(out, proc, lambda e: e["event"] == "train" and e["step"] >= 4)
         os.killpg(proc.pid, signal.SIGINT)
         proc.communicate(timeout=120)
     finally:
@@ -211,11 +212,8 @@ def test_ctrl_c_stops_every_rank_after_the_same_step_and_rank_0_saves(
 
 
 def test_bench_under_mlx_launch_prints_the_group_and_its_scaling(tiny_llama):
-    command = [str(BIN / "mlx.launch"), "-n", "2", "--backend", "ring",
-               "-p", str(free_port_pair()), "--", str(BIN / "mlxsft"), "bench", "--model",
-               str(tiny_llama), "--batch-size", "2", "--seq-len", "32", "--steps", "2",
-               "--warmup", "1", "--json"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    done = launch(["bench", "--model", str(tiny_llama), "--batch-size", "2", "--seq-len", "32",
+                   "--steps", "2", "--warmup", "1", "--json"])
     results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert len(results) == 1, done.stdout + done.stderr  # rank 0 alone prints
     result = results[0]
