@@ -109,7 +109,9 @@ def cmd_train(args) -> int:
             raise
         return e.exit_code  # rank 0 says why; the other ranks end quietly
     except UserError as e:
-        raise UserError(world.said(str(e))) from None  # which host's files, options...
+        if not world.distributed:
+            raise
+        raise UserError(world.said(str(e)), e.exit_code) from None  # which host's files...
 
 
 def _train(args, world) -> int:
@@ -318,7 +320,9 @@ def cmd_bench(args) -> int:
     from mlxsft.distributed import join
 
     config = build_config(args, cls=BenchConfig)
-    world = join()  # under mlx.launch: time the data-parallel step; rank 0 prints
+    # Under mlx.launch: time the data-parallel step; rank 0 prints. The others wait while
+    # rank 0 times the step alone, which may take longer than a training step's timeout.
+    world = join(timeout=3600)
     result = run_bench(config, world)
     if world.leader:
         print(json.dumps(result.to_json()) if config.json else result.render())

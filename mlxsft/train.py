@@ -304,7 +304,10 @@ class Trainer:
                 if start_step:
                     messages.append(f"resumed from {resumed} at step {start_step}")
             except UserError:
-                check_setup(world, None)  # tell the other ranks, then stop with the reason
+                try:
+                    check_setup(world, None)  # tell the other ranks, then stop with the reason
+                except UserError:
+                    pass  # they are gone: this rank's own reason is still the one to say
                 raise
             # Every rank set up, on the same data and from the same step, or none trains.
             check_setup(world, [start_step, *data_fingerprint(self.data.train),
