@@ -222,3 +222,26 @@ def test_bench_under_mlx_launch_prints_the_group_and_its_scaling(tiny_llama):
     assert result["tokens_per_second"] * result["seconds_per_step"] == pytest.approx(128)
     assert result["scaling"] == pytest.approx(
         result["tokens_per_second"] / result["solo_tokens_per_second"])
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc")
+def test_a_hanging_rank_is_given_up_after_the_peer_timeout(tiny_llama, tiny_data, tmp_path):
+    out = tmp_path / "hung"
+    proc = start(train_args(tiny_llama, tiny_data, out, 2, 1, 100000, "--peer-timeout", "5"))
+    try:
+        wait_for(out, proc, lambda e: e["event"] == "checkpoint" and "checkpoints" in e["path"])
+        leader, hung = _rank_pid(out, 0), _rank_pid(out, 1)
+        os.kill(hung, signal.SIGSTOP)  # alive, holding its sockets, answering nothing
+        stopped = time.monotonic()
+        while Path(f"/proc/{leader}").exists() and time.monotonic() - stopped < 60:
+            time.sleep(0.2)
+        waited = time.monotonic() - stopped
+        os.kill(hung, signal.SIGCONT)
+        _, stderr = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert 5 <= waited < 30
+    assert "mlxsft: error: rank 0 (" in stderr and "waited 5s for the other ranks" in stderr
+    assert "the last good adapter is " + str(out / "checkpoints") in stderr
