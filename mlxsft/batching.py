@@ -14,6 +14,11 @@ first) and each position carries its record's id, from which the loss builds a
 block-diagonal causal attention mask: one shape, almost no padding, no record seeing
 another. A record's first token is never a target in its row (it would be predicted
 from the previous record), exactly as it is not when the record has a row of its own.
+
+A data-parallel run (`shard=(rank, ranks)`) cuts the same global batches of
+batch_size x ranks records in the same order as one process would, and gives each rank
+every ranks-th record of each (`shard_of`): the shards are disjoint, cover the global
+batch, and the global step's loss and gradient are those of one process.
 """
 
 from __future__ import annotations
@@ -133,26 +138,41 @@ def epoch_groups(lengths: Sequence[int], batch_size: int, group_by_length: bool 
             yield fixed
 
 
+def shard_of(group: Sequence, shard: tuple[int, int]) -> list:
+    """Rank r's part of a global batch: every ranks-th member from the r-th (shorter and
+    longer records alike, so the ranks' rows are about as wide)."""
+    rank, ranks = shard
+    return list(group[rank::ranks])
+
+
 def iterate_batches(items: Sequence[Tokenized], batch_size: int, max_seq_len: int,
                     seed: int = 0, shuffle: bool = True, pad_id: int = 0,
-                    loop: bool = True, group_by_length: bool = False) -> Iterator[Batch]:
+                    loop: bool = True, group_by_length: bool = False,
+                    shard: tuple[int, int] = (0, 1)) -> Iterator[Batch]:
     """Batches forever (loop) or one pass, reshuffled every epoch (see `epoch_groups`).
 
     A batch smaller than batch_size (the dataset's tail) is padded with copies of its
     records whose loss mask is zeroed, so every step has the same batch dimension.
+    With `shard=(rank, ranks)`, batch_size is per rank: this rank's share of each global
+    batch of batch_size x ranks records (filled the same way, even when it is empty).
     """
     if not items:
         return
     sizes = bucket_sizes(max(max_seq_len, 2))
-    epochs = epoch_groups([len(i.tokens) for i in items], batch_size, group_by_length,
-                          shuffle, seed)
+    epochs = epoch_groups([len(i.tokens) for i in items], batch_size * shard[1],
+                          group_by_length, shuffle, seed)
     while True:
         for indices in next(epochs):
-            group = [items[i] for i in indices]
+            whole = [items[i] for i in indices]
+            mine = shard_of(whole, shard)
+            group = mine or whole[:1]
             width = bucket_for(max(len(i.tokens) for i in group), sizes)
             batch = make_batch(group, width, pad_id)
+            if not mine:  # no record of this (tail) batch is this rank's: a filler row
+                batch.loss_mask[:] = 0
+                batch.lengths[:] = 0
             missing = batch_size - len(group)
-            if missing > 0 and shuffle:
+            if missing > 0 and (shuffle or shard[1] > 1):
                 fill = make_batch([group[k % len(group)] for k in range(missing)], width, pad_id)
                 fill.loss_mask[:] = 0
                 fill.lengths[:] = 0  # filler rows are not counted as processed tokens
@@ -231,18 +251,21 @@ def make_packed_batch(rows: Sequence[Sequence[Tokenized]], width: int, pad_id: i
 
 def iterate_packed_batches(items: Sequence[Tokenized], batch_size: int, max_seq_len: int,
                            seed: int = 0, shuffle: bool = True, pad_id: int = 0,
-                           loop: bool = True) -> Iterator[Batch]:
+                           loop: bool = True, shard: tuple[int, int] = (0, 1)
+                           ) -> Iterator[Batch]:
     """Batches of `batch_size` packed rows of max_seq_len tokens; row order reshuffled
-    every epoch, a short tail filled with empty (all-padding, unsupervised) rows."""
+    every epoch, a short tail filled with empty (all-padding, unsupervised) rows. With
+    `shard`, this rank's rows of each global batch of batch_size x ranks rows."""
     if not items:
         return
     rows = pack_rows(items, max_seq_len)
-    groups = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
+    step = batch_size * shard[1]
+    groups = [rows[i:i + step] for i in range(0, len(rows), step)]
     rng = np.random.default_rng(seed)
     while True:
         order = rng.permutation(len(groups)) if shuffle else range(len(groups))
         for g in order:
-            group = [[items[i] for i in row] for row in groups[g]]
+            group = [[items[i] for i in row] for row in shard_of(groups[g], shard)]
             yield make_packed_batch(group + [[]] * (batch_size - len(group)), max_seq_len,
                                     pad_id)
         if not loop:

@@ -73,8 +73,11 @@ def cache_dir() -> Path:
 def default_threads() -> int:
     """Half the cores, at most 8: on a 2-core machine one thread, because OpenBLAS
     threads that share a core with another busy process collapse (measured: 2 threads
-    gave 82 tokens/s beside a busy process where 1 gave ~400)."""
-    return max(1, min(8, (os.cpu_count() or 1) // 2))
+    gave 82 tokens/s beside a busy process where 1 gave ~400). Ranks of a data-parallel
+    run that share this machine (`mlx.launch -n N`) share those threads."""
+    from mlxsft.distributed import ranks_on_this_host
+
+    return max(1, min(8, (os.cpu_count() or 1) // 2) // ranks_on_this_host())
 
 
 def _source_library() -> Path:

@@ -98,11 +98,29 @@ def cmd_plan(args) -> int:
 
 # -- train -----------------------------------------------------------------------------
 def cmd_train(args) -> int:
+    from mlxsft.distributed import RunStopped, join
+
+    # Under mlx.launch this process is one rank of several (rank 0 of 1 otherwise).
+    world = join()
+    try:
+        return _train(args, world)
+    except RunStopped as e:
+        if world.leader:
+            raise
+        return e.exit_code  # rank 0 says why; the other ranks end quietly
+    except UserError as e:
+        if not world.distributed:
+            raise
+        raise UserError(world.said(str(e)), e.exit_code) from None  # which host's files...
+
+
+def _train(args, world) -> int:
+    from mlxsft.distributed import join, resumed_batch_size
     from mlxsft.train import train
 
-    resume_from = None
+    resume_from, notes = None, []
     if args.resume:
-        from mlxsft.rundir import config_file, run_of
+        from mlxsft.rundir import config_file, run_of, run_settings
 
         if args.config:
             raise UserError("--resume takes its settings from RUN/config.yaml; drop --config "
@@ -110,12 +128,22 @@ def cmd_train(args) -> int:
         run_dir = run_of(args.resume)
         resume_from, args.out = args.resume, str(run_dir)
         config = build_config(args, str(config_file(run_dir)))
+        if args.batch_size is None:  # keep the run's global batch on any number of ranks
+            batch, note = resumed_batch_size(run_settings(run_dir), world, args.resume)
+            config.batch_size = batch or config.batch_size
+            notes += [note] if note else []
     else:
         config = build_config(args, args.config)
+    join(config.peer_timeout)
     stop = {"signal": None}
-    printer = ProgressPrinter()
+    printer = ProgressPrinter() if world.leader else _own_failures(world)
+    if world.leader:
+        for note in notes:
+            print(f"note: {note}", flush=True)
 
     def say(text: str) -> None:
+        if not world.leader:
+            return  # rank 0 speaks for the run
         try:
             print(text, file=sys.stderr, flush=True)
         except OSError:
@@ -133,11 +161,16 @@ def cmd_train(args) -> int:
 
     handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     previous = {s: signal.signal(s, on_signal) for s in handled}
+    if world.distributed:
+        # mlx.launch ends the other ranks (SIGTERM) once one has ended; a rank that is done
+        # ignores that, so rank 0's last writes are never cut short.
+        previous[signal.SIGTERM] = signal.SIG_IGN
     keep_awake()
     status, finished = 0, None
     try:
-        for event in train(config, should_stop=lambda: stop["signal"] is not None,
-                           resume_from=resume_from, allow_data_change=args.allow_data_change):
+        for event in train(config, should_stop=lambda: stop["signal"],
+                           resume_from=resume_from, allow_data_change=args.allow_data_change,
+                           world=world):
             try:
                 printer(event)
             except OSError:
@@ -157,6 +190,14 @@ def cmd_train(args) -> int:
         say(f"mlxsft: stopped by {signal.Signals(stop['signal']).name} at step "
             f"{finished.step}; `mlxsft train --resume {finished.adapter_dir}` continues")
     return 128 + stop["signal"]
+
+
+def _own_failures(world):
+    """The printer of a rank other than 0: silent, except for failures this rank saw."""
+    def printer(event) -> None:
+        if isinstance(event, ev.Failed) and event.rank == world.rank:
+            print(f"mlxsft: error: {event.message}", file=sys.stderr, flush=True)
+    return printer
 
 
 def keep_awake():
@@ -276,10 +317,15 @@ def cmd_compare(args) -> int:
 # -- bench -----------------------------------------------------------------------------
 def cmd_bench(args) -> int:
     from mlxsft.bench import run_bench
+    from mlxsft.distributed import join
 
     config = build_config(args, cls=BenchConfig)
-    result = run_bench(config)
-    print(json.dumps(result.to_json()) if config.json else result.render())
+    # Under mlx.launch: time the data-parallel step; rank 0 prints. The others wait while
+    # rank 0 times the step alone, which may take longer than a training step's timeout.
+    world = join(timeout=3600)
+    result = run_bench(config, world)
+    if world.leader:
+        print(json.dumps(result.to_json()) if config.json else result.render())
     return 0
 
 

@@ -284,6 +284,14 @@ class _TrainOptions:
                                  check=(lambda v: v >= 0, "0 (only at the end) or more"))
     skip_invalid: bool = skip_invalid_option()
     trust_remote_code: bool = trust_remote_code_option()
+    peer_timeout: float = option(
+        600.0, "under mlx.launch: seconds a rank waits for the others in one step, "
+        "evaluation or agreement before it stops the run with an error (raise it for "
+        "steps slower than that)", "run", check=_POSITIVE)
+
+
+# What a run's config.yaml records beside the options (not options: ignored on reading).
+RECORDED = ("world_size", "global_batch_size")
 
 
 @dataclass
@@ -550,6 +558,8 @@ def build_config(args: argparse.Namespace | dict, yaml_path: str | None = None,
     values: dict[str, Any] = {}
     if yaml_path:
         for key, value in load_yaml(yaml_path).items():
+            if key in RECORDED and cls is TrainConfig:
+                continue
             if key not in names:
                 close = difflib.get_close_matches(key, names, n=1)
                 hint = f"; did you mean '{close[0]}'?" if close else ""

@@ -31,9 +31,18 @@ def mean_nll(model, items: Sequence[Tokenized], batch_size: int, max_seq_len: in
 
     `loss` is the training step's `mlxsft.loss.SupervisedLoss` when there is one (the
     same numbers, without logits at every position); otherwise full logits."""
+    total, count = nll_sums(model, items, batch_size, max_seq_len, pad_id, max_batches, loss)
+    return (total / count if count else float("nan")), count
+
+
+def nll_sums(model, items: Sequence[Tokenized], batch_size: int, max_seq_len: int,
+             pad_id: int = 0, max_batches: int = -1, loss=None,
+             shard: tuple[int, int] = (0, 1)) -> tuple[float, int]:
+    """(NLL summed over supervised tokens, their count): `mean_nll` before the division;
+    with `shard`, over this rank's share of each batch (a data-parallel run sums them)."""
     total, count = 0.0, 0
     for i, batch in enumerate(iterate_batches(items, batch_size, max_seq_len, shuffle=False,
-                                              pad_id=pad_id, loop=False)):
+                                              pad_id=pad_id, loop=False, shard=shard)):
         if 0 <= max_batches <= i:
             break
         if loss is not None:
@@ -43,7 +52,7 @@ def mean_nll(model, items: Sequence[Tokenized], batch_size: int, max_seq_len: in
         mx.eval(s, n)
         total += s.item()
         count += int(n.item())
-    return (total / count if count else float("nan")), count
+    return total, count
 
 
 @dataclass

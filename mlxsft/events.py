@@ -47,6 +47,8 @@ class RunStarted(Event):
     train_records: int
     valid_records: int
     messages: list[str] = field(default_factory=list)
+    world_size: int = 1  # processes training data-parallel (mlx.launch)
+    global_batch_size: int = 0  # records per micro-batch over all of them
 
 
 @dataclass
@@ -59,12 +61,13 @@ class StepReport(Event):
     epoch: float
     train_loss: float
     learning_rate: float
-    tokens: int  # all tokens processed so far (padding excluded)
+    tokens: int  # all tokens processed so far (padding excluded), by every rank
     supervised_tokens: int  # tokens that carried loss so far
-    tokens_per_second: float
+    tokens_per_second: float  # of the whole group in a data-parallel run
     supervised_tokens_per_second: float
     seconds: float  # wall time since the run started
-    peak_memory_gb: float
+    peak_memory_gb: float  # of this process (rank 0)
+    world_size: int = 1
 
 
 @dataclass
@@ -127,6 +130,9 @@ class Failed(Event):
     step: int
     message: str
     last_good_checkpoint: str | None = None
+    # The rank that saw it (data-parallel runs). Rank 0 reports what every rank saw;
+    # another rank prints only its own failures.
+    rank: int = 0
 
 
 EVENT_TYPES: dict[str, type[Event]] = {cls.kind: cls for cls in (
@@ -154,10 +160,12 @@ def describe(event: Event) -> list[tuple[str, str]]:
     if isinstance(event, RunStarted):
         share = 100 * event.trainable_parameters / max(event.total_parameters, 1)
         notes = [("note", f"note: {m}") for m in event.messages]
+        ranks = f" on {event.world_size} ranks" if event.world_size > 1 else ""
         return notes + [("info", f"started: {event.train_records} training and "
                                  f"{event.valid_records} validation records, "
-                                 f"{event.total_steps} steps, {event.trainable_parameters:,} "
-                                 f"trainable parameters ({share:.2f}%) -> {event.run_dir}")]
+                                 f"{event.total_steps} steps{ranks}, "
+                                 f"{event.trainable_parameters:,} trainable parameters "
+                                 f"({share:.2f}%) -> {event.run_dir}")]
     if isinstance(event, EvalReport):
         return [("info", f"step {event.step}: validation loss {event.val_loss:.4f}")]
     if isinstance(event, SampleAnswers):

@@ -56,8 +56,10 @@ class ProgressPrinter:
             share = 100 * event.trainable_parameters / max(event.total_parameters, 1)
             self._line(f"trainable parameters: {event.trainable_parameters:,} of "
                        f"{event.total_parameters:,} ({share:.3f}%)")
+            ranks = f" on {event.world_size} ranks" if event.world_size > 1 else ""
             self._line(f"training on {event.train_records} records, validating on "
-                       f"{event.valid_records}, for {event.total_steps} steps -> {event.run_dir}")
+                       f"{event.valid_records}, for {event.total_steps} steps{ranks} -> "
+                       f"{event.run_dir}")
             return
         for i, (_, text) in enumerate(ev.describe(event)):
             if isinstance(event, ev.Finished) and i == 0:
@@ -71,8 +73,9 @@ class ProgressPrinter:
         rate = e.seconds / max(e.step, 1)
         eta = int(rate * (e.total_steps - e.step))
         val = f" val {self.val_loss:.3f}" if self.val_loss is not None else ""
+        ranks = f" x{e.world_size} ranks" if e.world_size > 1 else ""
         return (f"step {e.step}/{e.total_steps} [{bar}] loss {e.train_loss:.3f}{val} "
-                f"lr {e.learning_rate:.1e} tok/s {e.tokens_per_second:.0f} "
+                f"lr {e.learning_rate:.1e} tok/s {e.tokens_per_second:.0f}{ranks} "
                 f"sup/s {e.supervised_tokens_per_second:.0f} mem {e.peak_memory_gb:.2f}GB "
                 f"ETA {eta // 60}:{eta % 60:02d}")
 

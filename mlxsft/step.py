@@ -5,14 +5,16 @@ adapters (or every weight unfrozen for a full fine-tune), SwiGLU recomputed in t
 backward pass, gradient checkpointing.
 `TrainStep` owns the optimizer and one `mx.compile`d function
 
-    step(batch, accumulated, do_update) -> (nll_sum, supervised_count, accumulated)
+    step(batch, tokens, carried, do_update) -> (sums, carried)
 
 in the shape of mlx-lm's `step(batch, prev_grad, do_update)`: each micro-batch adds its
-gradient of the *summed* NLL and its supervised-token count to the running sums; on the
-last micro-batch of an optimizer step the summed gradient is divided by the summed count
-and applied. So accumulating over micro-batches equals one big batch, token for token.
-Sums and counts stay separate until that division: `all_reduce` (identity here) is the
-one place where a data-parallel run sums them over processes first.
+gradient of the *summed* NLL and its sums (supervised-token count, NLL, tokens) to the
+running ones it carries; on the last micro-batch of an optimizer step the summed gradient
+is divided by the summed count and applied. So accumulating over micro-batches equals one
+big batch, token for token. Sums and counts stay separate until that division:
+`all_reduce` (identity here) is the one place where a data-parallel run sums gradients
+and sums over processes first (`mlxsft.distributed`), so every rank reports, divides by
+and applies the global batch's.
 
 The step knows no run directory, events or UI: `mlxsft.train` runs the loop around it,
 `mlxsft.bench` times it.
@@ -203,24 +205,27 @@ class TrainStep:
         # Said once, before training: which loss path this model takes.
         self.notes = [self.loss.note] if self.loss.note else []
         loss_and_grad = nn.value_and_grad(model, self.loss)
-        # The sums of all processes' gradients and counts (a data-parallel run sets this).
-        reduce = all_reduce or (lambda grads, count: (grads, count))
+        # The sums of all processes' gradients and sums (a data-parallel run sets this).
+        reduce = all_reduce or (lambda grads, sums: (grads, sums))
         optimizer = self.optimizer
 
         @partial(mx.compile, inputs=self.state, outputs=self.state)
-        def step(batch, accumulated, do_update):
+        def step(batch, tokens, carried, do_update):
             (total, count), grads = loss_and_grad(model, *batch)
-            if accumulated is not None:
-                grads = tree_map(mx.add, grads, accumulated[0])
-                count = count + accumulated[1]
+            # [supervised tokens, NLL sum, tokens]: the count is summed once, in the loss
+            # (mlx 0.32.4's compiler miscounted a mask summed twice).
+            sums = mx.stack([count, total, tokens])
+            if carried is not None:
+                grads = tree_map(mx.add, grads, carried[0])
+                sums = sums + carried[1]
             if not do_update:
-                return total, count, (grads, count)
-            grads, count = reduce(grads, count)
-            grads = tree_map(lambda g: g / mx.maximum(count, 1), grads)
+                return sums, (grads, sums)
+            grads, sums = reduce(grads, sums)
+            grads = tree_map(lambda g: g / mx.maximum(sums[0], 1), grads)
             if config.grad_clip > 0:
                 grads, _ = optim.clip_grad_norm(grads, config.grad_clip)
             optimizer.update(model, grads)
-            return total, count, None
+            return sums, None
 
         self._step = step
 
@@ -228,13 +233,13 @@ class TrainStep:
         """One optimizer step over grad_accum micro-batches drawn from `batches`."""
         import mlx.core as mx
 
-        accumulated, nll, tokens = None, 0.0, 0
+        carried = None
         for micro in range(self.grad_accum):
             b = next(batches)
             last = micro == self.grad_accum - 1
-            total, count, accumulated = self._step(self.loss.arrays(b), accumulated, last)
-            mx.eval(self.state, total, count, accumulated)
-            nll += total.item()
-            tokens += b.tokens_count
-        supervised = int(count.item())  # already summed over the micro-batches
-        return StepResult(nll / max(supervised, 1), supervised, tokens)
+            tokens = mx.array(b.tokens_count, mx.float32)
+            sums, carried = self._step(self.loss.arrays(b), tokens, carried, last)
+            mx.eval(self.state, sums, carried)
+        # Summed over the micro-batches (and over the ranks of a data-parallel run).
+        supervised, nll, tokens = sums.tolist()
+        return StepResult(nll / max(supervised, 1), int(supervised), int(tokens))

@@ -6,6 +6,11 @@ read. Everything MLX happens on the calling thread (MLX streams are thread-local
 
 Model preparation and the compiled step (with its token-weighted gradient accumulation)
 live in `mlxsft.step`; this module is the loop around them and the run's files.
+
+Under `mlx.launch` every rank runs this loop on its shard of each global batch (see
+`mlxsft.distributed`); the ranks agree before every step whether to go on, and rank 0
+alone claims and writes the run directory, saves, answers sample prompts and reports to
+trackers.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from mlxsft.adapters import base_mismatch
 from mlxsft.batching import pad_id
 from mlxsft.checkpoints import file_sha256, read_adapter_config
 from mlxsft.config import TrainConfig
+from mlxsft.distributed import (FAILED, OK, World, agreement_outcome, check_setup,
+                                data_fingerprint, peer_lost, stop_code)
 from mlxsft.errors import UserError
 from mlxsft.optimizers import optimizer_record
 from mlxsft.plan import memory_advice, step_failure
@@ -36,8 +43,11 @@ class Trainer:
     """Owns the model, optimizer and compiled step of one run; `run()` yields events."""
 
     def __init__(self, config: TrainConfig, loaded=None, should_stop: Callable[[], bool] | None = None,
-                 resume_from: str | Path | None = None, allow_data_change: bool = False):
+                 resume_from: str | Path | None = None, allow_data_change: bool = False,
+                 world: World | None = None):
         self.config = config
+        # This process's rank in a data-parallel run (rank 0 of 1 otherwise).
+        self.world = world or World()
         self.loaded = loaded
         self.should_stop = should_stop or (lambda: False)
         # RUN or RUN/checkpoints/step-N to continue from (adapter and optimizer state).
@@ -60,16 +70,20 @@ class Trainer:
         # Everything the user can get wrong that needs no model is checked first, so a typo
         # is reported in a second, not after loading a multi-gigabyte model.
         resuming = self.resume_from is not None
-        self.rundir = RunDir.claim(self.run_dir, resume=resuming,
-                                   flag="--resume" if resuming else "--out")
-        self.run_dir = self.rundir.path
+        leader = self.world.leader
+        if leader:  # the other ranks of a data-parallel run only read (a checkpoint)
+            self.rundir = RunDir.claim(self.run_dir, resume=resuming,
+                                       flag="--resume" if resuming else "--out")
+            self.run_dir = self.rundir.path
         notes = []
         if resuming:
-            notes += self.rundir.clean_leftovers()  # we hold the lock: nobody is writing
+            if leader:
+                notes += self.rundir.clean_leftovers()  # we hold the lock: nobody is writing
             self.resume_point = resume_point(self.resume_from)
         splits = read_data(config)
-        self.probes = self._probes(splits)
-        check_trackers(config.report_to)
+        self.probes = self._probes(splits) if leader else []
+        if leader:
+            check_trackers(config.report_to)
         if resuming:
             notes += self._check_data(splits)
         mx.random.seed(config.seed)
@@ -81,6 +95,10 @@ class Trainer:
         yield ev.Setup("tokenize", f"tokenizing {records} records")
         self.data = prepare_data(config, self.loaded.tokenizer, splits)
         self.prepare_model()
+        if self.world.rank:
+            # The LoRA init above is every rank's (one seed); dropout and NEFTune noise
+            # from here on differ per rank, as their batches do.
+            mx.random.seed(config.seed + self.world.rank)
         self.messages = notes + self.loaded.notes + self.data.messages
 
     def _probes(self, splits) -> list:
@@ -110,7 +128,9 @@ class Trainer:
     def _write_config(self) -> None:
         """RUN/config.yaml, with local paths made absolute so --resume works from any
         directory; written only once the run is about to start."""
-        resolved = self.config.resolved() | {"out": str(self.run_dir)}
+        ranks = self.world.size
+        resolved = self.config.resolved() | {"out": str(self.run_dir), "world_size": ranks,
+                                             "global_batch_size": self.global_batch}
         for key in ("data", "valid", "model"):
             value = resolved.get(key)
             if value and Path(value).expanduser().exists():
@@ -144,13 +164,21 @@ class Trainer:
                    train_loss=train_loss, optimizer=optimizer_record(config))
         return out
 
+    @property
+    def global_batch(self) -> int:
+        """Records per micro-batch over every rank (--batch-size is per rank)."""
+        return self.config.batch_size * self.world.size
+
     def save(self, kind: str, step: int, val_loss: float | None = None,
              train_loss: float | None = None) -> tuple[Path | None, ev.Failed | None]:
         """Save the "best" adapter, a "checkpoint", or the "final" one (a checkpoint that
         becomes RUN's adapter). A write the file system refuses (a full disk) is returned
-        as a `Failed` event naming the last complete checkpoint, not raised."""
+        as a `Failed` event naming the last complete checkpoint, not raised. Only rank 0
+        saves; the other ranks of a data-parallel run hold the same weights."""
         from mlx.utils import tree_flatten
 
+        if not self.world.leader:
+            return None, None
         weights = dict(tree_flatten(self.loaded.model.trainable_parameters()))
         config = self.adapter_config(step, val_loss, train_loss)
         # The optimizer's moments make a resumed run continue exactly where this one was.
@@ -198,7 +226,9 @@ class Trainer:
     # -- the compiled step -----------------------------------------------------------
     def build_step(self, total_steps: int) -> TrainStep:
         """The optimizer and compiled step (see `mlxsft.step`) for a run of total_steps."""
-        self.step = TrainStep(self.loaded.model, self.config, total_steps)
+        world = self.world
+        self.step = TrainStep(self.loaded.model, self.config, total_steps,
+                              all_reduce=world.all_reduce if world.distributed else None)
         self.optimizer, self.schedule = self.step.optimizer, self.step.schedule
         return self.step
 
@@ -223,13 +253,14 @@ class Trainer:
         from mlxsft.batching import iterate_batches, iterate_packed_batches
 
         config = self.config
+        shard = (self.world.rank, self.world.size)
         if config.pack:
             return iterate_packed_batches(self.data.train, config.batch_size,
                                           config.max_seq_len, seed=config.seed,
-                                          pad_id=pad_id(self.loaded.tokenizer))
+                                          pad_id=pad_id(self.loaded.tokenizer), shard=shard)
         return iterate_batches(self.data.train, config.batch_size, config.max_seq_len,
                                seed=config.seed, pad_id=pad_id(self.loaded.tokenizer),
-                               group_by_length=config.group_by_length)
+                               group_by_length=config.group_by_length, shard=shard)
 
     def _rows_per_epoch(self) -> int:
         from mlxsft.batching import pack_rows
@@ -239,67 +270,93 @@ class Trainer:
         return len(self.data.train)
 
     def evaluate(self) -> tuple[float, int]:
-        from mlxsft.evaluate import mean_nll
+        """(mean validation NLL, supervised tokens): every rank sums its share of each
+        batch and the sums are added over the ranks before the one division."""
+        from mlxsft.evaluate import nll_sums
 
-        model = self.loaded.model
+        model, world = self.loaded.model, self.world
         model.eval()
         try:
-            return mean_nll(model, self.data.valid, self.config.batch_size,
-                            self.config.max_seq_len, pad_id(self.loaded.tokenizer), self.config.val_batches,
-                            self.step.loss)
+            total, count = nll_sums(model, self.data.valid, self.config.batch_size,
+                                    self.config.max_seq_len, pad_id(self.loaded.tokenizer),
+                                    self.config.val_batches, self.step.loss,
+                                    shard=(world.rank, world.size))
         finally:
             model.train()
+        total, count = world.sum([total, count], "evaluation")
+        return (total / count if count else float("nan")), int(count)
 
     # -- the loop --------------------------------------------------------------------
     def run(self) -> Iterator[ev.Event]:
         from mlxsft.batching import iterate_batches, steps_per_epoch
 
         start = time.perf_counter()
-        config = self.config
+        config, world = self.config, self.world
         try:
-            yield from self._setup()
-            messages = self.messages
-            per_epoch = steps_per_epoch(self._rows_per_epoch(), config.batch_size,
-                                        config.grad_accum)
-            total_steps = config.iters or max(1, math.ceil(config.epochs * per_epoch))
-            messages += self.build_step(total_steps).notes
-            messages.append(self.make_plan().summary())
-            resumed = self.resume_point.path if self.resume_from else None
-            start_step = self.restore(resumed) if resumed else 0
-            if resumed and start_step >= total_steps:
-                raise UserError(f"--resume {resumed}: already at step {start_step} of "
-                                f"{total_steps}; pass a larger --iters to train on")
-            if start_step:
-                messages.append(f"resumed from {resumed} at step {start_step}")
-            self._write_config()
+            try:
+                yield from self._setup()
+                messages = self.messages
+                per_epoch = steps_per_epoch(self._rows_per_epoch(), self.global_batch,
+                                            config.grad_accum)
+                total_steps = config.iters or max(1, math.ceil(config.epochs * per_epoch))
+                messages += self.build_step(total_steps).notes
+                messages.append(self.make_plan().summary())
+                resumed = self.resume_point.path if self.resume_from else None
+                start_step = self.restore(resumed) if resumed else 0
+                if resumed and start_step >= total_steps:
+                    raise UserError(f"--resume {resumed}: already at step {start_step} of "
+                                    f"{total_steps}; pass a larger --iters to train on")
+                if start_step:
+                    messages.append(f"resumed from {resumed} at step {start_step}")
+            except UserError:
+                try:
+                    check_setup(world, None)  # tell the other ranks, then stop with the reason
+                except UserError:
+                    pass  # they are gone: this rank's own reason is still the one to say
+                raise
+            # Every rank set up, on the same data and from the same step, or none trains.
+            check_setup(world, [start_step, *data_fingerprint(self.data.train),
+                                len(self.data.valid), total_steps])
+            if world.distributed:
+                messages.append(world.describe(config.batch_size, config.grad_accum))
+                if world.watchdog is not None and world.leader:
+                    world.watchdog.last_good = self._last_checkpoint
+            if world.leader:
+                self._write_config()
         except BaseException:
             # A new run that wrote nothing leaves no run directory behind.
             if self.rundir is not None:
                 self.rundir.release(remove_if_empty=self.resume_from is None)
             raise
-        log = self.rundir.open_metrics()
-        trackers = open_trackers(config.report_to, self.run_dir, config.resolved())
+        # Rank 0 writes metrics and trackers; the other ranks' events go nowhere.
+        log = self.rundir.open_metrics() if world.leader else None
+        trackers = (open_trackers(config.report_to, self.run_dir, config.resolved())
+                    if world.leader else [])
 
         def emit(event):
-            log.write(event.to_json())
+            if log is not None:
+                log.write(event.to_json())
             for tracker in trackers:
                 tracker(event)
             return event
 
         try:
             yield emit(ev.RunStarted(str(self.run_dir), total_steps, self.trainable, self.total,
-                                     len(self.data.train), len(self.data.valid), messages))
+                                     len(self.data.train), len(self.data.valid), messages,
+                                     world.size, self.global_batch))
             yield from self._loop(emit, start, total_steps, per_epoch, iterate_batches, start_step)
         finally:
-            log.close()
+            if log is not None:
+                log.close()
             for tracker in trackers:
                 tracker.close()
-            self.rundir.release()
+            if self.rundir is not None:
+                self.rundir.release()
 
     def _loop(self, emit, start, total_steps, per_epoch, iterate_batches, start_step=0):
         import mlx.core as mx
 
-        config, model = self.config, self.loaded.model
+        config, model, world = self.config, self.loaded.model, self.world
         model.train()
         batches = self.batches()
         for _ in range(start_step * config.grad_accum):
@@ -316,19 +373,31 @@ class Trainer:
         yield ev.Setup("compile", "compiling the training step (the first step takes longer)")
         try:
             for step in range(start_step + 1, total_steps + 1):
-                if self.should_stop():
+                # Every rank goes on, or all stop at this same step (one collective).
+                codes = world.agree(stop_code(self.should_stop()), f"before step {step}")
+                if any(code != OK for code in codes):
                     stopped, step = True, step - 1
+                    failure, note = agreement_outcome(world, codes, step)
+                    if failure:
+                        last_good = self._last_checkpoint()
+                        yield emit(ev.Failed(step, f"{failure}. The last good adapter is "
+                                             f"{last_good or 'not saved (none yet)'}",
+                                             last_good))
+                        return
+                    if note:
+                        yield emit(ev.RunWarning(note, step))
                     break
                 try:
-                    loss, n_sup, n_tok = self.train_step(batches)
+                    with world.waiting(f"step {step}"):
+                        loss, n_sup, n_tok = self.train_step(batches)
                 except (RuntimeError, MemoryError) as e:
                     if (what := step_failure(e)) is None:
                         raise
                     last_good = self._last_checkpoint()
-                    yield emit(ev.Failed(step, f"{what} at step {step} ({_first_line(e)}); "
-                                         f"{memory_advice(config, len(model.layers))}. The last "
-                                         f"good adapter is {last_good or 'not saved (none yet)'}",
-                                         last_good))
+                    yield emit(ev.Failed(step, world.said(
+                        f"{what} at step {step} ({_first_line(e)}); "
+                        f"{memory_advice(config, len(model.layers))}. The last good adapter "
+                        f"is {last_good or 'not saved (none yet)'}"), last_good, world.rank))
                     return
                 if not math.isfinite(loss):
                     last_good = self._last_checkpoint()
@@ -353,7 +422,7 @@ class Trainer:
                         step, total_steps, step / per_epoch, last_train,
                         float(self.schedule(mx.array(step - 1))), tokens, supervised,
                         window_tokens / elapsed, window_supervised / elapsed, now - start,
-                        mx.get_peak_memory() / 1e9))
+                        mx.get_peak_memory() / 1e9, world.size))
                     window_loss = window_sup = 0.0
                     window_start, window_tokens, window_supervised = now, 0, 0
                 eval_due = eval_every and step % eval_every == 0
@@ -367,6 +436,7 @@ class Trainer:
                         path, failed = self.save("best", step, last_val, last_train)
                         if failed:
                             yield emit(failed)
+                            self._tell_peers_failed()
                             return
                         yield emit(ev.CheckpointSaved(step, str(path), best=True))
                     else:
@@ -381,15 +451,43 @@ class Trainer:
                     path, failed = self.save("checkpoint", step, last_val, last_train)
                     if failed:
                         yield emit(failed)
+                        self._tell_peers_failed()
                         return
                     yield emit(ev.CheckpointSaved(step, str(path)))
         except KeyboardInterrupt:
+            if world.distributed:
+                # A second signal: a peer may be inside a collective, so neither save nor
+                # agree; the last checkpoint stays the run's newest.
+                last_good = self._last_checkpoint()
+                yield emit(ev.Failed(step, world.said(
+                    f"stopped at once by a second signal after step {step}, without saving; "
+                    f"the last good adapter is {last_good or 'not saved (none yet)'}"),
+                    last_good, world.rank))
+                return
             stopped = True
+        except RuntimeError as e:
+            if not (world.distributed and peer_lost(e)):
+                raise
+            yield emit(self._lost_peer(step, e))
+            return
         if stopped:
             stop_reason = "interrupted"
         path, failed = self.save("final", step, last_val, last_train)
         if failed:
             yield emit(failed)
+            self._tell_peers_failed()
+            return
+        # No rank ends before rank 0 has saved: the launcher stops the others when one ends.
+        try:
+            codes = world.agree(OK, "saving the final adapter")
+        except RuntimeError as e:
+            if not peer_lost(e):
+                raise
+            yield emit(self._lost_peer(step, e))
+            return
+        failure, _ = agreement_outcome(world, codes, step)
+        if failure:
+            yield emit(ev.Failed(step, failure, None))
             return
         yield emit(ev.CheckpointSaved(step, str(self.run_dir)))
         yield emit(ev.Finished(step, str(self.run_dir), last_train, last_val, best,
@@ -412,6 +510,21 @@ class Trainer:
             return out
         finally:
             model.train()
+
+    def _tell_peers_failed(self) -> None:
+        """Rank 0 could not save: the other ranks learn it at their next agreement."""
+        if self.world.distributed:
+            try:
+                self.world.agree(FAILED, "telling the other ranks")
+            except RuntimeError:
+                pass  # they are gone already
+
+    def _lost_peer(self, step: int, e: BaseException) -> ev.Failed:
+        last_good = self._last_checkpoint()
+        return ev.Failed(step, self.world.said(
+            f"lost the connection to another rank at step {step} ({_first_line(e)}); "
+            f"every rank stops. The last good adapter is {last_good or 'not saved (none yet)'}"),
+            last_good, self.world.rank)
 
     def _last_checkpoint(self) -> str | None:
         """The newest complete checkpoint a run can be resumed from."""
@@ -436,7 +549,7 @@ def eval_interval(config: TrainConfig, per_epoch: float) -> int:
 
 
 def train(config: TrainConfig, loaded=None, should_stop=None,
-          resume_from: str | Path | None = None,
-          allow_data_change: bool = False) -> Iterator[ev.Event]:
+          resume_from: str | Path | None = None, allow_data_change: bool = False,
+          world: World | None = None) -> Iterator[ev.Event]:
     """Run a fine-tune, yielding events; see `Trainer`."""
-    return Trainer(config, loaded, should_stop, resume_from, allow_data_change).run()
+    return Trainer(config, loaded, should_stop, resume_from, allow_data_change, world).run()
